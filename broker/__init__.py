@@ -1,0 +1,1 @@
+"""Everything that speaks NATS: subjects, the CloudEvents codec, services, relay, projector."""

@@ -1,0 +1,34 @@
+"""The JetStream streams ordermesh owns, declared in one place."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError
+
+from broker.subjects import ALL_EVENTS, EVENTS_STREAM
+
+#: Window in which JetStream drops a republished event by its ``Nats-Msg-Id``.
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+def events_stream_config() -> StreamConfig:
+    """``EVENTS``: every stored event, in store order, kept until an operator says otherwise."""
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=[ALL_EVENTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        allow_direct=True,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create ``EVENTS`` or bring its config up to date; safe to call from every replica."""
+    config = events_stream_config()
+    try:
+        await js.add_stream(config)
+    except APIError:
+        await js.update_stream(config)

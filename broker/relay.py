@@ -1,0 +1,146 @@
+"""The relay: the one publisher of stored events to JetStream.
+
+Appending to the store and publishing to NATS are two writes, so the command side
+only appends and this relay tails the store. Its checkpoint is the ``ce-position`` of
+the last message in ``EVENTS`` itself: exactly what JetStream holds, never ahead of it.
+After a crash it resumes there; anything published twice inside JetStream's duplicate
+window is dropped by ``Nats-Msg-Id``. Run one relay per store: two would interleave.
+
+Publishing is pipelined: up to ``window`` publishes wait for their acks while the next
+events go out, and acks are checked in order by a second task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from loguru import logger
+from nats.aio.client import Client as NATS
+from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
+
+from broker.cloudevents import H_POSITION, event_headers
+from broker.jetstream import ensure_streams
+from broker.subjects import ALL_EVENTS, EVENTS_STREAM, event_subject
+from domain.event_store import EventStore, RecordedEvent
+
+DEFAULT_WINDOW = 256
+ACK_TIMEOUT = 10.0
+RESTART_DELAY = 1.0
+
+FaultHook = Callable[[RecordedEvent], None]
+
+
+class Relay:
+    def __init__(
+        self,
+        nc: NATS,
+        store: EventStore,
+        *,
+        window: int = DEFAULT_WINDOW,
+        after_publish: FaultHook | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._store = store
+        self._window = window
+        self._after_publish = after_publish
+        self._task: asyncio.Task[None] | None = None
+        #: Store position of the newest event JetStream has acknowledged.
+        self.position = 0
+        self.published = 0
+        self.duplicates = 0
+
+    async def start(self) -> None:
+        await ensure_streams(self._js)
+        self._task = asyncio.create_task(self._run(), name="relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self) -> None:
+        """Wait for the relay task to end (it ends only by error or by :meth:`stop`)."""
+        if self._task is not None:
+            await self._task
+
+    async def checkpoint(self) -> int:
+        """The store position of the last event in ``EVENTS`` (0 when it is empty)."""
+        try:
+            last = await self._js.get_last_msg(EVENTS_STREAM, ALL_EVENTS)
+        except NotFoundError:
+            return 0
+        seq = last.seq
+        headers = last.headers
+        # A message without our header was published by someone else; look further back.
+        while (not headers or H_POSITION not in headers) and seq and seq > 1:
+            seq -= 1
+            try:
+                headers = (await self._js.get_msg(EVENTS_STREAM, seq)).headers
+            except NotFoundError:
+                headers = None
+        return int(headers[H_POSITION]) if headers and H_POSITION in headers else 0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                after = await self.checkpoint()
+                self.position = after
+                logger.info("relay resuming after store position {}", after)
+                await self._pump(after)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.opt(exception=exc).error("relay stopped; restarting from its checkpoint")
+                await asyncio.sleep(RESTART_DELAY)
+
+    async def _pump(self, after: int) -> None:
+        slots = asyncio.Semaphore(self._window)
+        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]] = asyncio.Queue()
+        publisher = asyncio.create_task(self._publish(after, slots, acks))
+        acker = asyncio.create_task(self._check_acks(slots, acks))
+        try:
+            done, _ = await asyncio.wait({publisher, acker}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in (publisher, acker):
+                task.cancel()
+            await asyncio.gather(publisher, acker, return_exceptions=True)
+
+    async def _publish(
+        self,
+        after: int,
+        slots: asyncio.Semaphore,
+        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]],
+    ) -> None:
+        async for event in self._store.subscribe_all(after):
+            await slots.acquire()
+            future = await self._js.publish_async(
+                event_subject(event.type), event.data, headers=event_headers(event)
+            )
+            acks.put_nowait((event, future))
+            if self._after_publish is not None:
+                self._after_publish(event)
+
+    async def _check_acks(
+        self,
+        slots: asyncio.Semaphore,
+        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]],
+    ) -> None:
+        while True:
+            event, future = await acks.get()
+            try:
+                ack = await asyncio.wait_for(future, ACK_TIMEOUT)
+            finally:
+                slots.release()
+            self.position = event.position
+            if ack.duplicate:
+                self.duplicates += 1
+            else:
+                self.published += 1

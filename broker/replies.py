@@ -1,0 +1,44 @@
+"""The reply envelope of every command and query.
+
+``{"ok": true, "data": …}`` or ``{"ok": false, "error": {"code", "message", "details"}}``:
+one shape for every client, so a caller never has to guess whether silence meant
+success. Codes are stable; ``docs/protocol.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from domain.errors import CodedError
+
+MALFORMED_JSON = "malformed_json"
+VALIDATION_ERROR = "validation_error"
+UNKNOWN_COMMAND = "unknown_command"
+UNKNOWN_QUERY = "unknown_query"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+STORE_UNAVAILABLE = "store_unavailable"
+INTERNAL_ERROR = "internal_error"
+
+
+class RequestError(CodedError):
+    """A request refused before it reached the domain (bad JSON, unknown subject, …)."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.code = code
+
+
+def _default(value: Any) -> Any:
+    return str(value)
+
+
+def ok(data: Any) -> bytes:
+    return json.dumps({"ok": True, "data": data}, default=_default).encode()
+
+
+def error(code: str, message: str, details: Any = None) -> bytes:
+    return json.dumps(
+        {"ok": False, "error": {"code": code, "message": message, "details": details}},
+        default=_default,
+    ).encode()

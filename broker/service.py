@@ -1,0 +1,152 @@
+"""A request/reply service on NATS: decode, validate, dispatch, always reply.
+
+Commands and queries share this loop. Whatever goes wrong (oversized body, bad JSON,
+wrong schema, unknown subject, a business rule, a lost race, a dead store) the caller
+gets an ``ok: false`` reply with a stable code, never silence or a timeout, and a log
+line that carries the request's trace and correlation ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ValidationError
+
+from broker import replies
+from broker.cloudevents import decode_context, encode_context, reply_context
+from broker.replies import RequestError
+from broker.subjects import type_from_subject
+from domain.errors import CodedError
+from domain.event_store import EventStoreUnavailable
+from domain.metadata import MessageContext
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+DEFAULT_CONCURRENCY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How to serve one message type: its body model and the call that answers it."""
+
+    model: type[BaseModel]
+    call: Callable[[Any, MessageContext], Awaitable[Any]]
+
+
+class RequestService:
+    """Serve ``pattern`` in a queue group, so replicas share the load."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        name: str,
+        pattern: str,
+        queue: str,
+        routes: Mapping[str, Route],
+        unknown_code: str,
+        foreign_types: frozenset[str] = frozenset(),
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.name = name
+        self._nc = nc
+        self._pattern = pattern
+        self._queue = queue
+        self._routes = dict(routes)
+        self._unknown_code = unknown_code
+        # Types under our pattern that another service answers: we stay silent on them.
+        self._foreign = foreign_types - set(routes)
+        self._max_payload = max_payload
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+        self.source = f"ordermesh.{name}"
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._pattern, queue=self._queue, cb=self._on_msg)
+        logger.info("{} service serving {} (queue {})", self.name, self._pattern, self._queue)
+
+    async def stop(self) -> None:
+        """Stop taking requests, then let those in flight finish and reply."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Waiting here is the back-pressure: NATS buffers for us while we are full.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        ctx = decode_context(msg.subject, msg.headers)
+        msg_type = type_from_subject(msg.subject)
+        if msg_type in self._foreign:
+            return
+        with logger.contextualize(
+            trace_id=ctx.trace_id, correlation_id=ctx.correlation_id, message_type=msg_type
+        ):
+            reply = await self._answer(msg, msg_type, ctx)
+            if msg.reply:
+                headers = encode_context(reply_context(ctx, self.source))
+                await self._nc.publish(msg.reply, reply, headers=headers)
+            else:
+                logger.debug("no reply subject for {}; result dropped", msg_type)
+
+    async def _answer(self, msg: Msg, msg_type: str, ctx: MessageContext) -> bytes:
+        try:
+            data = await self._dispatch(msg, msg_type, ctx)
+        except CodedError as exc:
+            logger.warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
+            return replies.error(exc.code, exc.message, exc.details)
+        except EventStoreUnavailable as exc:
+            logger.error("event store unavailable: {}", exc)
+            return replies.error(replies.STORE_UNAVAILABLE, "event store unavailable")
+        except Exception:
+            logger.exception("{} failed", msg_type)
+            return replies.error(replies.INTERNAL_ERROR, "internal error; see the service log")
+        return replies.ok(data)
+
+    async def _dispatch(self, msg: Msg, msg_type: str, ctx: MessageContext) -> Any:
+        if len(msg.data) > self._max_payload:
+            raise RequestError(
+                replies.PAYLOAD_TOO_LARGE,
+                f"body is {len(msg.data)} bytes; the limit is {self._max_payload}",
+                {"size": len(msg.data), "limit": self._max_payload},
+            )
+        route = self._routes.get(msg_type)
+        if route is None:
+            raise RequestError(
+                self._unknown_code,
+                f"no {self.name} handles {msg.subject!r}",
+                {"subject": msg.subject, "known": sorted(self._routes)},
+            )
+        raw = msg.data if msg.data.strip() else b"{}"
+        try:
+            body = route.model.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            if any(e["type"] == "json_invalid" for e in errors):
+                raise RequestError(
+                    replies.MALFORMED_JSON, "body is not valid JSON", errors[0]["msg"]
+                ) from None
+            raise RequestError(
+                replies.VALIDATION_ERROR,
+                f"{msg_type}: {len(errors)} invalid field(s)",
+                [{"loc": list(e["loc"]), "type": e["type"], "msg": e["msg"]} for e in errors],
+            ) from None
+        return await route.call(body, ctx)

@@ -1,0 +1,66 @@
+"""The command and query services: the registries of handlers bound to their subjects."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from broker import replies
+from broker.projector import Database
+from broker.service import DEFAULT_MAX_PAYLOAD, RequestService, Route
+from broker.subjects import ALL_COMMANDS, ALL_QUERIES, COMMAND_QUEUE, QUERY_QUEUE
+from domain.messages import Query
+from domain.metadata import MessageContext
+from handlers import COMMAND_HANDLERS, CommandExecutor, Handler
+from projections.queries import QUERY_HANDLERS, QueryHandler
+
+
+async def _run_command(
+    executor: CommandExecutor, handler: Handler, cmd: Any, ctx: MessageContext
+) -> dict[str, Any]:
+    outcome = await handler(executor, cmd, ctx)
+    return outcome.data
+
+
+async def _run_query(
+    db: Database, handler: QueryHandler, query: Query, _ctx: MessageContext
+) -> dict[str, Any]:
+    return await db.run(lambda conn: handler(conn, query))
+
+
+def command_service(
+    nc: NATS, executor: CommandExecutor, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> RequestService:
+    routes = {
+        type_: Route(model, functools.partial(_run_command, executor, handler))
+        for type_, (model, handler) in COMMAND_HANDLERS.items()
+    }
+    return RequestService(
+        nc,
+        name="command",
+        pattern=ALL_COMMANDS,
+        queue=COMMAND_QUEUE,
+        routes=routes,
+        unknown_code=replies.UNKNOWN_COMMAND,
+        max_payload=max_payload,
+    )
+
+
+def query_service(
+    nc: NATS, db: Database, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> RequestService:
+    routes = {
+        type_: Route(model, functools.partial(_run_query, db, handler))
+        for type_, (model, handler) in QUERY_HANDLERS.items()
+    }
+    return RequestService(
+        nc,
+        name="query",
+        pattern=ALL_QUERIES,
+        queue=QUERY_QUEUE,
+        routes=routes,
+        unknown_code=replies.UNKNOWN_QUERY,
+        max_payload=max_payload,
+    )

@@ -1,0 +1,55 @@
+"""The subject registry: the only module that spells a NATS subject.
+
+Subjects derive from message *types* (``order.place`` → ``commands.order.place``), so
+span names and metric labels can use the type and never a subject carrying an id.
+"""
+
+from __future__ import annotations
+
+COMMANDS_PREFIX = "commands."
+EVENTS_PREFIX = "events."
+QUERIES_PREFIX = "queries."
+SAGAS_PREFIX = "sagas."
+DLQ_PREFIX = "dlq."
+
+ALL_COMMANDS = "commands.>"
+ALL_EVENTS = "events.>"
+ALL_QUERIES = "queries.>"
+ALL_SAGAS = "sagas.>"
+
+EVENTS_STREAM = "EVENTS"
+DLQ_STREAM = "DLQ"
+
+COMMAND_QUEUE = "ordermesh-command"
+QUERY_QUEUE = "ordermesh-query"
+
+#: Stream categories whose ids may themselves contain ``-``; longest first.
+STREAM_CATEGORIES = ("saga-order_fulfillment", "shipment", "payment", "product", "order")
+
+
+def command_subject(command_type: str) -> str:
+    return COMMANDS_PREFIX + command_type
+
+
+def event_subject(event_type: str) -> str:
+    return EVENTS_PREFIX + event_type
+
+
+def query_subject(query_type: str) -> str:
+    return QUERIES_PREFIX + query_type
+
+
+def type_from_subject(subject: str) -> str:
+    """``commands.order.place`` → ``order.place``; anything unprefixed is returned as is."""
+    for prefix in (COMMANDS_PREFIX, EVENTS_PREFIX, QUERIES_PREFIX, SAGAS_PREFIX):
+        if subject.startswith(prefix):
+            return subject[len(prefix) :]
+    return subject
+
+
+def stream_id(stream: str) -> str:
+    """The aggregate id in a stream name: ``order-o-1`` → ``o-1``."""
+    for category in STREAM_CATEGORIES:
+        if stream.startswith(category + "-"):
+            return stream[len(category) + 1 :]
+    return stream.split("-", 1)[-1]

@@ -1,0 +1,107 @@
+"""The event-store port: the small surface every store adapter implements.
+
+The shape follows EventStoreDB (streams with per-stream revisions, one global
+position, optimistic concurrency on append, catch-up subscription to ``$all``) so
+that the EventStoreDB adapter stays a thin translation and the embedded SQLite
+adapter cannot grow features production would lack.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class StreamState(enum.Enum):
+    """Expected-revision sentinels, as EventStoreDB names them."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    EXISTS = "exists"
+
+
+ExpectedRevision = int | StreamState
+"""An ``int`` is the revision of the stream's last event (0-based)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended; ``data`` and ``metadata`` are JSON bytes."""
+
+    type: str
+    data: bytes
+    metadata: bytes = b"{}"
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: its stream revision and its global position are fixed."""
+
+    id: uuid.UUID
+    stream: str
+    revision: int
+    position: int
+    type: str
+    data: bytes
+    metadata: bytes
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where the last appended event landed."""
+
+    revision: int
+    position: int
+
+
+class EventStoreError(Exception):
+    """Base class of every error an adapter raises."""
+
+
+class WrongExpectedRevision(EventStoreError):
+    """Another writer appended first: the caller must reload and decide again."""
+
+    def __init__(self, stream: str, expected: ExpectedRevision, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"stream {stream!r}: expected revision {expected!r}, actual {actual!r}")
+
+
+class EventStoreUnavailable(EventStoreError):
+    """The store cannot be reached; nothing was written."""
+
+
+class EventStore(Protocol):
+    """The port. Positions are exclusive lower bounds: ``after=0`` means from the start."""
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_revision: ExpectedRevision,
+    ) -> AppendResult:
+        """Append atomically, or raise ``WrongExpectedRevision`` and write nothing."""
+        ...
+
+    async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
+        """Events of one stream from ``from_revision`` on; an unknown stream is empty."""
+        ...
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Up to ``limit`` events with global position greater than ``after``, in order."""
+        ...
+
+    def subscribe_all(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Every event after ``after`` in global order, then new ones as they are stored."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...

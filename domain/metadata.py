@@ -1,0 +1,76 @@
+"""What travels with a message besides its body: ids that chain causes, and trace context.
+
+Commands arrive with a :class:`MessageContext` (decoded from CloudEvents headers by the
+broker); events are stored with :func:`event_metadata` so that the relay and every
+consumer can restore the same correlation chain and trace long after the request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """CloudEvents attributes of one incoming message, with blanks already filled in."""
+
+    id: str
+    type: str
+    source: str
+    time: str
+    correlation_id: str
+    causation_id: str | None = None
+    subject: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    baggage: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        return trace_id_of(self.traceparent)
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
+    if traceparent is None:
+        return None
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32:
+        return None
+    return parts[1]
+
+
+def _kurrent_hex(hex_id: str) -> str:
+    """KurrentDB's clients write ids as ``f"{int:#x}"`` (``0x`` prefix, no zero padding)."""
+    return f"{int(hex_id, 16):#x}"
+
+
+def event_metadata(ctx: MessageContext, source: str) -> bytes:
+    """Metadata stored with every event a command caused: its cause and its trace."""
+    meta: dict[str, Any] = {
+        "correlation_id": ctx.correlation_id,
+        "causation_id": ctx.id,
+        "source": source,
+    }
+    if ctx.traceparent:
+        meta["traceparent"] = ctx.traceparent
+        parts = ctx.traceparent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+            meta["$traceId"] = _kurrent_hex(parts[1])
+            meta["$spanId"] = _kurrent_hex(parts[2])
+    if ctx.tracestate:
+        meta["tracestate"] = ctx.tracestate
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def parse_metadata(raw: bytes) -> dict[str, Any]:
+    """Stored metadata as a dict; metadata written by foreign tools may be empty or odd."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

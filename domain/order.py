@@ -1,0 +1,168 @@
+"""The order aggregate: what a customer asked for, at which prices, and its fate."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from domain.errors import InvalidState, OrderAlreadyExists, OrderNotFound, ProductNotFound
+from domain.messages import Command, Event, Identifier, Message
+from domain.money import Money
+from domain.product import Product, Quantity
+
+OrderStatus = Literal["pending", "confirmed", "cancelled"]
+
+
+def stream_name(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def new_order_id() -> str:
+    return f"o-{uuid.uuid4().hex[:12]}"
+
+
+class OrderLine(Message):
+    product_id: Identifier
+    quantity: Quantity
+
+
+class PricedLine(Message):
+    product_id: str
+    quantity: int
+    unit_price: Money
+    line_total: Money
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+class PlaceOrder(Command):
+    TYPE: ClassVar[str] = "order.place"
+    AGGREGATE: ClassVar[str] = "order"
+    order_id: Identifier = Field(default_factory=new_order_id)
+    customer_id: Identifier
+    items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+
+
+class CancelOrder(Command):
+    TYPE: ClassVar[str] = "order.cancel"
+    AGGREGATE: ClassVar[str] = "order"
+    order_id: Identifier
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "cancelled by customer"
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+class OrderEvent(Event):
+    AGGREGATE: ClassVar[str] = "order"
+    ID_FIELD: ClassVar[str] = "order_id"
+    order_id: str
+
+
+class OrderPlaced(OrderEvent):
+    TYPE: ClassVar[str] = "order.placed"
+    customer_id: str
+    items: list[PricedLine]
+    total: Money
+
+
+class OrderConfirmed(OrderEvent):
+    TYPE: ClassVar[str] = "order.confirmed"
+
+
+class OrderCancelled(OrderEvent):
+    TYPE: ClassVar[str] = "order.cancelled"
+    reason: str
+
+
+# -- aggregate --------------------------------------------------------------------------
+
+
+@dataclass
+class Order:
+    """State folded from the order stream; decisions return events and mutate nothing."""
+
+    order_id: str
+    exists: bool = False
+    customer_id: str = ""
+    status: OrderStatus = "pending"
+    items: list[PricedLine] = field(default_factory=list)
+    total: Decimal = Decimal("0.00")
+    cancel_reason: str | None = None
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case OrderPlaced():
+                self.exists = True
+                self.customer_id, self.items, self.total = (
+                    event.customer_id,
+                    list(event.items),
+                    event.total,
+                )
+            case OrderConfirmed():
+                self.status = "confirmed"
+            case OrderCancelled():
+                self.status = "cancelled"
+                self.cancel_reason = event.reason
+
+    def _require(self) -> None:
+        if not self.exists:
+            raise OrderNotFound(f"order {self.order_id!r} does not exist", order_id=self.order_id)
+
+    def place(self, cmd: PlaceOrder, catalogue: Mapping[str, Product]) -> list[Event]:
+        """Price every line from the catalogue as it is now; unknown products refuse the order."""
+        if self.exists:
+            raise OrderAlreadyExists(
+                f"order {self.order_id!r} already exists", order_id=self.order_id
+            )
+        missing = sorted(
+            {line.product_id for line in cmd.items}
+            - {pid for pid, p in catalogue.items() if p.exists}
+        )
+        if missing:
+            raise ProductNotFound(f"unknown product(s): {', '.join(missing)}", product_ids=missing)
+        lines = [
+            PricedLine(
+                product_id=line.product_id,
+                quantity=line.quantity,
+                unit_price=catalogue[line.product_id].price,
+                line_total=catalogue[line.product_id].price * line.quantity,
+            )
+            for line in cmd.items
+        ]
+        total = sum((line.line_total for line in lines), Decimal("0.00"))
+        return [
+            OrderPlaced(
+                order_id=cmd.order_id, customer_id=cmd.customer_id, items=lines, total=total
+            )
+        ]
+
+    def confirm(self) -> list[Event]:
+        self._require()
+        if self.status == "confirmed":
+            return []
+        if self.status != "pending":
+            raise InvalidState(
+                f"order {self.order_id!r} is {self.status}",
+                order_id=self.order_id,
+                status=self.status,
+            )
+        return [OrderConfirmed(order_id=self.order_id)]
+
+    def cancel(self, reason: str) -> list[Event]:
+        self._require()
+        if self.status == "cancelled":
+            return []
+        if self.status != "pending":
+            raise InvalidState(
+                f"order {self.order_id!r} is {self.status} and cannot be cancelled",
+                order_id=self.order_id,
+                status=self.status,
+            )
+        return [OrderCancelled(order_id=self.order_id, reason=reason)]

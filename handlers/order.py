@@ -1,0 +1,47 @@
+"""Command handlers of the order aggregate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from domain import order as o
+from domain import product as p
+from domain.metadata import MessageContext
+from domain.money import format_money
+from handlers.executor import CommandExecutor, Outcome
+
+
+def order_view(state: o.Order) -> dict[str, Any]:
+    return {
+        "order_id": state.order_id,
+        "customer_id": state.customer_id,
+        "status": state.status,
+        "total": format_money(state.total),
+        "items": [line.model_dump(mode="json") for line in state.items],
+        "cancel_reason": state.cancel_reason,
+    }
+
+
+async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> Outcome:
+    """Prices come from the product streams as they are now; the order records them."""
+    ids = sorted({line.product_id for line in cmd.items})
+    products = await asyncio.gather(*(ex.load(p.stream_name(pid), p.Product(pid)) for pid in ids))
+    catalogue = dict(zip(ids, products, strict=True))
+    return await ex.execute(
+        o.stream_name(cmd.order_id),
+        lambda: o.Order(cmd.order_id),
+        lambda s: s.place(cmd, catalogue),
+        order_view,
+        ctx,
+    )
+
+
+async def cancel(ex: CommandExecutor, cmd: o.CancelOrder, ctx: MessageContext) -> Outcome:
+    return await ex.execute(
+        o.stream_name(cmd.order_id),
+        lambda: o.Order(cmd.order_id),
+        lambda s: s.cancel(cmd.reason),
+        order_view,
+        ctx,
+    )

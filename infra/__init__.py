@@ -1,0 +1,1 @@
+"""Infrastructure adapters (event stores, the embedded NATS server) and deployment config."""

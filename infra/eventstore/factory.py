@@ -1,0 +1,21 @@
+"""Pick the adapter from ``ORDERMESH_EVENTSTORE_URL``'s scheme."""
+
+from __future__ import annotations
+
+from domain.event_store import EventStore
+
+
+async def open_event_store(url: str) -> EventStore:
+    """``sqlite:///path`` opens the embedded store; ``esdb://``/``kurrentdb://`` the server."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        from infra.eventstore.sqlite import SQLiteEventStore
+
+        return await SQLiteEventStore.open(url)
+    if scheme in {"esdb", "kurrentdb", "kdb"}:
+        from infra.eventstore.kurrentdb import KurrentDBEventStore
+
+        return await KurrentDBEventStore.connect(url)
+    raise ValueError(
+        f"unsupported event store URL {url!r} (use sqlite:///…, esdb://… or kurrentdb://…)"
+    )

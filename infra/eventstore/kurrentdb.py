@@ -1,0 +1,303 @@
+"""EventStoreDB / KurrentDB adapter: a thin translation onto ``kurrentdbclient``'s asyncio client.
+
+The port was shaped after EventStoreDB, so almost everything maps one to one. The few
+places where the library's defaults differ from the port's contract are handled here
+and commented where they happen:
+
+* ``append_to_stream`` returns only the commit position, so the revision is derived
+  from the expected revision, or read back when the caller gave up concurrency control.
+* ``read_all(commit_position=p)`` includes the event at ``p``, whereas the port's
+  ``after`` is exclusive, so events at or before ``after`` are dropped here.
+* The library's default ``$all`` filter also hides user event types named ``Result`` or
+  ``PersistentConfig<n>``, so this adapter passes its own filter (``$``-streams only) and
+  drops ``$``-typed events on the client.
+* kurrentdbclient documents that a ``$all`` read must start at an existing event's
+  position. If ``after`` is not one, reading falls back to the beginning and skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+from kurrentdbclient import AsyncKurrentDBClient
+from kurrentdbclient import NewEvent as KdbNewEvent
+from kurrentdbclient import RecordedEvent as KdbRecordedEvent
+from kurrentdbclient import StreamState as KdbStreamState
+from kurrentdbclient.common import AsyncRecordedEventIterator
+from kurrentdbclient.exceptions import (
+    ConsumerTooSlowError,
+    DiscoveryFailedError,
+    InvalidCommitPositionError,
+    KurrentDBClientError,
+    NotFoundError,
+    ServiceUnavailableError,
+    WrongCurrentVersionError,
+)
+
+from domain.event_store import (
+    AppendResult,
+    EventStoreError,
+    EventStoreUnavailable,
+    ExpectedRevision,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    WrongExpectedRevision,
+)
+
+_STREAM_STATES: dict[StreamState, KdbStreamState] = {
+    StreamState.ANY: KdbStreamState.ANY,
+    StreamState.NO_STREAM: KdbStreamState.NO_STREAM,
+    StreamState.EXISTS: KdbStreamState.EXISTS,
+}
+
+# Server-side filter on stream names: kurrentdbclient anchors each pattern as a full
+# match, so this excludes every stream whose name starts with "$".
+_EXCLUDE_SYSTEM_STREAMS = (r"\$.+",)
+
+
+def to_current_version(expected: ExpectedRevision) -> int | KdbStreamState:
+    """Translate the port's expected revision; both count from 0, so ints pass through.
+
+    A negative int is rejected here because kurrentdbclient would only ``assert`` on it.
+    """
+    if isinstance(expected, StreamState):
+        return _STREAM_STATES[expected]
+    if expected < 0:
+        raise ValueError(f"expected revision must be >= 0 or a StreamState, got {expected!r}")
+    return expected
+
+
+def is_system_event(event: KdbRecordedEvent) -> bool:
+    """System events are kept out of ``read_all``/``subscribe_all``: no projection wants them."""
+    return event.type.startswith("$") or event.stream_name.startswith("$")
+
+
+def to_recorded_event(event: KdbRecordedEvent) -> RecordedEvent:
+    """Convert; ``recorded_at`` is missing only if the server omitted its ``created`` stamp."""
+    return RecordedEvent(
+        id=event.id,
+        stream=event.stream_name,
+        revision=event.stream_position,
+        position=event.commit_position,
+        type=event.type,
+        data=event.data,
+        metadata=event.metadata,
+        recorded_at=event.recorded_at or datetime.now(UTC),
+    )
+
+
+class KurrentDBEventStore:
+    """The server adapter; create it with :meth:`connect`, which owns the client."""
+
+    def __init__(self, client: AsyncKurrentDBClient) -> None:
+        self._client = client
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, uri: str) -> KurrentDBEventStore:
+        """Connect to ``esdb://``/``kurrentdb://`` (``+discover`` too).
+
+        With a single non-discover target this does no I/O (gRPC connects lazily), so an
+        absent server shows up on the first operation; cluster discovery fails here. A
+        malformed URI raises ``ValueError`` unchanged: it is a configuration bug, not an
+        outage.
+        """
+        client = AsyncKurrentDBClient(uri)
+        try:
+            await client.connect()
+        except KurrentDBClientError as exc:
+            raise EventStoreUnavailable(f"cannot connect to event store: {exc}") from exc
+        return cls(client)
+
+    # -- append ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_revision: ExpectedRevision,
+    ) -> AppendResult:
+        """Append atomically; event ids make the library's own retries idempotent."""
+        if not events:
+            raise ValueError("append needs at least one event")
+        current_version = to_current_version(expected_revision)
+        self._check_open()
+        new_events = [
+            KdbNewEvent(
+                type=event.type,
+                data=event.data,
+                metadata=event.metadata,
+                id=event.id,
+                content_type="application/json",
+            )
+            for event in events
+        ]
+        try:
+            position = await self._client.append_to_stream(
+                stream, events=new_events, current_version=current_version
+            )
+        except WrongCurrentVersionError as exc:
+            actual = exc.actual_version
+            # The library reports a missing stream as StreamState.NO_STREAM; the port as None.
+            raise WrongExpectedRevision(
+                stream, expected_revision, actual if isinstance(actual, int) else None
+            ) from exc
+        except KurrentDBClientError as exc:
+            raise self._error(exc) from exc
+
+        # Success under an int or NO_STREAM pins down where the batch landed; under ANY or
+        # EXISTS only the stream itself knows, so look for our last event from the end.
+        if isinstance(expected_revision, int):
+            revision = expected_revision + len(events)
+        elif expected_revision is StreamState.NO_STREAM:
+            revision = len(events) - 1
+        else:
+            revision = await self._revision_of(stream, events[-1].id, position)
+        return AppendResult(revision=revision, position=position)
+
+    async def _revision_of(self, stream: str, event_id: UUID, position: int) -> int:
+        """Find the revision of an event known to be stored near the end of ``stream``."""
+        try:
+            source = await self._client.read_stream(stream, backwards=True)
+            try:
+                async for event in source:
+                    if event.id == event_id:
+                        return event.stream_position
+            finally:
+                await source.stop()
+        except KurrentDBClientError as exc:
+            # Not EventStoreUnavailable: the events *were* written.
+            raise EventStoreError(
+                f"appended to {stream!r} at position {position}, but reading back its"
+                f" revision failed: {exc}"
+            ) from exc
+        raise EventStoreError(f"appended event {event_id} not found in {stream!r}")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
+        """Read one stream; the server answers "not found" for a stream never written."""
+        self._check_open()
+        try:
+            source = await self._client.read_stream(stream, stream_position=max(from_revision, 0))
+            try:
+                return [to_recorded_event(event) async for event in source]
+            finally:
+                await source.stop()
+        except NotFoundError:
+            return []
+        except KurrentDBClientError as exc:
+            raise self._error(exc) from exc
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Read a page of ``$all``.
+
+        No server-side limit is set because some events are dropped on the client after
+        the server has counted them; the read is stopped as soon as the page is full.
+        """
+        if limit <= 0:
+            return []
+        page: list[RecordedEvent] = []
+        events = self._events(after, live=False)
+        try:
+            async for event in events:
+                page.append(event)
+                if len(page) >= limit:
+                    break
+        finally:
+            await events.aclose()
+        return page
+
+    def subscribe_all(self, after: int = 0) -> AsyncGenerator[RecordedEvent, None]:
+        """Catch up from ``after``, then follow live events until the iterator is closed.
+
+        Close it (``aclose()``, or leave an ``async for`` that owns it) to cancel the
+        server-side subscription promptly instead of at garbage collection.
+        """
+        return self._events(after, live=True)
+
+    async def _events(self, after: int, *, live: bool) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield non-system events with position > ``after`` from ``$all``.
+
+        ``skip_to`` follows the last yielded position so that restarting the read (after
+        an inexact start position, or after the server dropped a slow live subscriber)
+        never repeats an event.
+        """
+        self._check_open()
+        skip_to = after
+        start: int | None = after or None  # None reads from the very first event
+        while True:
+            source: AsyncRecordedEventIterator
+            try:
+                if live:
+                    # subscribe_to_all's commit_position is exclusive.
+                    source = await self._client.subscribe_to_all(
+                        commit_position=start,
+                        filter_exclude=_EXCLUDE_SYSTEM_STREAMS,
+                        filter_by_stream_name=True,
+                    )
+                else:
+                    # read_all's commit_position is inclusive; skip_to drops that event.
+                    source = await self._client.read_all(
+                        commit_position=start,
+                        filter_exclude=_EXCLUDE_SYSTEM_STREAMS,
+                        filter_by_stream_name=True,
+                    )
+                try:
+                    async for event in source:
+                        if is_system_event(event):
+                            continue
+                        if skip_to > 0 and event.commit_position <= skip_to:
+                            continue
+                        skip_to = event.commit_position
+                        yield to_recorded_event(event)
+                finally:
+                    await source.stop()
+            except InvalidCommitPositionError as exc:
+                if start is None:
+                    raise self._error(exc) from exc
+                start = None
+                continue
+            except ConsumerTooSlowError as exc:
+                if not live:
+                    raise self._error(exc) from exc
+                start = skip_to or None
+                continue
+            except KurrentDBClientError as exc:
+                raise self._error(exc) from exc
+            if not live:
+                return
+            # A catch-up subscription never ends by itself; the server or channel went away.
+            self._check_open()
+            raise EventStoreUnavailable("the $all subscription was ended by the server")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the client; later calls then fail as EventStoreUnavailable.
+
+        Without the flag they would hit the closed client, which deletes its connection
+        and answers the next call with an ``AttributeError``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventStoreUnavailable("event store is closed")
+
+    def _error(self, exc: KurrentDBClientError) -> EventStoreError:
+        """Map a library error onto the port, which promises only EventStoreError subclasses.
+
+        Timeouts stay plain ``EventStoreError``: an append may have been written.
+        """
+        if self._closed:
+            return EventStoreUnavailable("event store is closed")
+        if isinstance(exc, ServiceUnavailableError | DiscoveryFailedError):
+            return EventStoreUnavailable(str(exc))
+        return EventStoreError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,217 @@
+"""Embedded event store on one SQLite file.
+
+The ``UNIQUE (stream, revision)`` constraint is the concurrency guard: even a
+second process appending to the same file cannot write a revision twice. WAL mode
+lets relays, projections and query services in other processes read while a command
+service writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qs, urlparse
+
+from domain.event_store import (
+    AppendResult,
+    EventStoreUnavailable,
+    ExpectedRevision,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    WrongExpectedRevision,
+)
+from infra.sqlite_worker import SQLiteWorker, transaction
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position    INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT    NOT NULL UNIQUE,
+    stream      TEXT    NOT NULL,
+    revision    INTEGER NOT NULL,
+    type        TEXT    NOT NULL,
+    data        TEXT    NOT NULL,
+    metadata    TEXT    NOT NULL,
+    recorded_at TEXT    NOT NULL,
+    UNIQUE (stream, revision)
+);
+"""
+
+_COLUMNS = "event_id, stream, revision, position, type, data, metadata, recorded_at"
+
+#: How often a subscriber looks for events appended by *other* processes; appends
+#: made through this instance wake subscribers at once.
+DEFAULT_POLL_INTERVAL = 0.05
+_SUBSCRIBE_BATCH = 500
+
+
+def sqlite_path_from_url(url: str) -> Path:
+    """``sqlite:///abs/path.db`` → ``/abs/path.db``; ``sqlite://rel/path.db`` → ``rel/path.db``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    return Path(parsed.netloc + parsed.path)
+
+
+def _row_to_event(row: tuple[str, str, int, int, str, str, str, str]) -> RecordedEvent:
+    event_id, stream, revision, position, type_, data, metadata, recorded_at = row
+    return RecordedEvent(
+        id=uuid.UUID(event_id),
+        stream=stream,
+        revision=revision,
+        position=position,
+        type=type_,
+        data=data.encode(),
+        metadata=metadata.encode(),
+        recorded_at=datetime.fromisoformat(recorded_at),
+    )
+
+
+class SQLiteEventStore:
+    """The embedded adapter; open it with :meth:`open`."""
+
+    def __init__(self, worker: SQLiteWorker, poll_interval: float) -> None:
+        self._worker = worker
+        self._poll_interval = poll_interval
+        self._appended = asyncio.Event()
+
+    @classmethod
+    async def open(
+        cls,
+        url_or_path: str | Path,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> SQLiteEventStore:
+        """Open (creating if needed); ``?synchronous=full`` buys power-loss safety with speed."""
+        synchronous = "NORMAL"
+        if isinstance(url_or_path, Path):
+            path = url_or_path
+        else:
+            query = parse_qs(urlparse(url_or_path).query)
+            synchronous = query.get("synchronous", ["normal"])[0].upper()
+            path = sqlite_path_from_url(url_or_path)
+        if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"invalid synchronous mode {synchronous!r}")
+        worker = SQLiteWorker(path, _SCHEMA, synchronous=synchronous, name="event-store")
+        store = cls(worker, poll_interval)
+        await store._run(lambda _db: None)
+        return store
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._worker.run(fn)
+        except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:
+            raise EventStoreUnavailable(str(exc)) from exc
+
+    # -- append ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_revision: ExpectedRevision,
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("append needs at least one event")
+        batch = list(events)
+        result = await self._run(
+            lambda db: transaction(db, lambda tx: _append(tx, stream, batch, expected_revision))
+        )
+        self._wake_subscribers()
+        return result
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND revision >= ?"
+                " ORDER BY revision",
+                (stream, from_revision),
+            ).fetchall()
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def head_position(self) -> int:
+        """Global position of the newest event (0 when empty); used to report lag."""
+        row = await self._run(
+            lambda db: db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+        )
+        return int(row[0])
+
+    async def subscribe_all(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
+        position = after
+        while True:
+            # Take the wake-up event *before* reading so that an append landing between
+            # the read and the wait still wakes us.
+            appended = self._appended
+            batch = await self.read_all(position, _SUBSCRIBE_BATCH)
+            for event in batch:
+                position = event.position
+                yield event
+            if len(batch) < _SUBSCRIBE_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(appended.wait(), self._poll_interval)
+
+    def _wake_subscribers(self) -> None:
+        appended, self._appended = self._appended, asyncio.Event()
+        appended.set()
+
+    async def close(self) -> None:
+        await self._worker.close()
+
+
+def _append(
+    db: sqlite3.Connection, stream: str, events: list[NewEvent], expected: ExpectedRevision
+) -> AppendResult:
+    (current,) = db.execute(
+        "SELECT MAX(revision) FROM events WHERE stream = ?", (stream,)
+    ).fetchone()
+    _check_expected(stream, expected, current)
+    recorded_at = datetime.now(UTC).isoformat()
+    first = 0 if current is None else current + 1
+    rows = [
+        (str(e.id), stream, first + i, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
+        for i, e in enumerate(events)
+    ]
+    try:
+        db.executemany(
+            "INSERT INTO events (event_id, stream, revision, type, data, metadata, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    except sqlite3.IntegrityError as exc:
+        # Another process won the race for this revision despite our check.
+        if "events.stream" in str(exc):
+            raise WrongExpectedRevision(stream, expected, current) from exc
+        raise
+    (position,) = db.execute("SELECT last_insert_rowid()").fetchone()
+    return AppendResult(revision=first + len(events) - 1, position=int(position))
+
+
+def _check_expected(stream: str, expected: ExpectedRevision, current: int | None) -> None:
+    ok = (
+        expected is StreamState.ANY
+        or (expected is StreamState.NO_STREAM and current is None)
+        or (expected is StreamState.EXISTS and current is not None)
+        or (isinstance(expected, int) and expected == current)
+    )
+    if not ok:
+        raise WrongExpectedRevision(stream, expected, current)

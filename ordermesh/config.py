@@ -1,0 +1,37 @@
+"""Configuration from ``ORDERMESH_*`` environment variables, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERMESH_", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS server to use; unset means `up` starts an embedded one",
+    )
+    eventstore_url: str | None = Field(
+        default=None,
+        description="sqlite:///path (default: <data_dir>/events.db), esdb://… or kurrentdb://…",
+    )
+    data_dir: Path = Field(default=Path(".ordermesh"), description="embedded NATS, SQLite files")
+    nats_port: int = Field(default=4222, description="port of the embedded nats-server")
+    nats_monitor_port: int = Field(default=8222, description="its HTTP monitoring port")
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=1024 * 1024)
+
+    @property
+    def event_store_url(self) -> str:
+        return self.eventstore_url or f"sqlite:///{(self.data_dir / 'events.db').resolve()}"
+
+    @property
+    def read_model_path(self) -> Path:
+        return self.data_dir / "readmodels.db"
+
+    @property
+    def default_nats_url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"

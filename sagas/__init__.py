@@ -1,0 +1,1 @@
+"""Process managers (the order fulfilment saga) — arrives with its own issue."""

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real nats-server per test, on free loopback ports, in a temp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from infra.nats_server import EmbeddedNatsServer
+from ordermesh.app import SERVICES, App
+from ordermesh.config import Settings
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def settings_for(server: EmbeddedNatsServer, data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(nats_url=server.url, data_dir=data_dir, **overrides)
+
+
+@pytest.fixture
+async def app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
+    application = App(settings_for(nats_server, tmp_path / "data"), SERVICES)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop()
+
+
+async def request(
+    client: NATS,
+    subject: str,
+    body: Any,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Send like ``nats req`` would: a JSON body (or raw bytes), optional headers."""
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = await client.request(subject, payload, timeout=timeout, headers=headers)
+    decoded: dict[str, Any] = json.loads(reply.data)
+    return decoded
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` until it returns something truthy; the read side is eventually consistent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        await asyncio.sleep(interval)
