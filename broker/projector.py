@@ -19,6 +19,7 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker import cloudevents as ce
@@ -88,6 +89,7 @@ class Projector:
         self._batch = batch
         self._before_ack = before_ack
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self.applied = 0
 
     async def start(self) -> None:
@@ -103,6 +105,7 @@ class Projector:
                 ack_wait=30,
             ),
         )
+        self._sub = sub
         self._task = asyncio.create_task(self._run(sub), name=f"projector-{self.projection.name}")
 
     async def stop(self) -> None:
@@ -111,16 +114,19 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     async def wait(self) -> None:
         if self._task is not None:
             await self._task
 
-    async def _run(self, sub: object) -> None:
-        fetch = sub.fetch  # type: ignore[attr-defined]
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
             try:
-                msgs: list[Msg] = await fetch(self._batch, timeout=FETCH_TIMEOUT)
+                msgs = await sub.fetch(self._batch, timeout=FETCH_TIMEOUT)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -129,7 +135,14 @@ class Projector:
                 logger.opt(exception=exc).error("projector {} fetch failed", self.projection.name)
                 await asyncio.sleep(RESTART_DELAY)
                 continue
-            await self._handle(msgs)
+            try:
+                await self._handle(msgs)
+            except Exception as exc:
+                # e.g. the read-model file is locked by a rebuild: retry soon, lose nothing.
+                logger.opt(exception=exc).error("projector {} apply failed", self.projection.name)
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=RESTART_DELAY)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         batch: list[RecordedEvent] = []

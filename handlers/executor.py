@@ -80,6 +80,8 @@ class CommandExecutor:
         self.store = store
         self.source = source
         self.max_attempts = max_attempts
+        #: Appends lost to another writer (each one retried); a contention gauge.
+        self.conflicts = 0
         # Commands on one stream within this process queue up instead of racing:
         # conflicts are then left to other processes, where retries are cheap.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -131,6 +133,7 @@ class CommandExecutor:
                 try:
                     await self.store.append(stream, batch, expected)
                 except WrongExpectedRevision:
+                    self.conflicts += 1
                     await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                     continue
                 for e in events:

@@ -47,6 +47,7 @@ class App:
     nc: NATS | None = None
     store: EventStore | None = None
     read_models: SQLiteWorker | None = None
+    executor: CommandExecutor | None = None
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -87,9 +88,8 @@ class App:
         limit = self.settings.max_payload_bytes
         if name == "command":
             assert self.store is not None
-            service: RequestService = command_service(
-                self.nc, CommandExecutor(self.store), max_payload=limit
-            )
+            self.executor = CommandExecutor(self.store)
+            service: RequestService = command_service(self.nc, self.executor, max_payload=limit)
             return [service]
         if name == "relay":
             assert self.store is not None
@@ -107,8 +107,11 @@ class App:
                 await component.stop()
         self.components.clear()
         if self.nc is not None:
+            # Components have already finished their in-flight work; flush what they
+            # published and close. (Draining would wait on pull subscriptions' queues.)
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
             self.nc = None
         if self.store is not None:
             await self.store.close()
