@@ -1,8 +1,12 @@
-"""Feeds one projection from ``EVENTS`` through a durable JetStream pull consumer.
+"""Feeds one projection from ``EVENTS`` through an ordered consumer.
 
-Each fetched batch is applied in one read-model transaction together with the
-checkpoint, and only then acknowledged. A crash before the ack means redelivery, which
-the checkpoint turns into a no-op: the read model sees every event exactly once.
+The position in ``EVENTS`` lives with the read model, not in a durable consumer:
+each batch is applied in one read-model transaction together with its checkpoint
+(store position and stream sequence), and after a crash or restart the feeder
+resubscribes right after the checkpointed sequence. A durable consumer with acks
+would redeliver unacknowledged messages *after* newer ones, and a position-based
+checkpoint would then skip them; an ordered consumer delivers strictly in stream
+order and resets itself on any gap, so every event is applied once, in order.
 """
 
 from __future__ import annotations
@@ -18,31 +22,28 @@ from typing import Protocol, TypeVar
 from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from broker import cloudevents as ce
 from broker.jetstream import ensure_streams
 from broker.subjects import ALL_EVENTS, EVENTS_STREAM
 from domain.event_store import RecordedEvent
-from projections.base import Projection, apply_batch
+from projections.base import Checkpoint, Projection, apply_batch, checkpoint
 
 T = TypeVar("T")
 
 DEFAULT_BATCH = 256
-FETCH_TIMEOUT = 1.0
-RESTART_DELAY = 1.0
+RESTART_DELAY = 0.5
+
+FaultHook = Callable[[list[RecordedEvent]], None]
 
 
 class Database(Protocol):
     """What a projector and the query service need of the read-model database."""
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-
-def consumer_name(projection: Projection) -> str:
-    return f"projection-{projection.name}"
 
 
 def recorded_from_msg(msg: Msg) -> RecordedEvent:
@@ -61,11 +62,11 @@ def recorded_from_msg(msg: Msg) -> RecordedEvent:
 
 
 def _apply_in_transaction(
-    db: sqlite3.Connection, projection: Projection, batch: list[RecordedEvent]
+    db: sqlite3.Connection, projection: Projection, batch: list[RecordedEvent], sequence: int
 ) -> int:
     db.execute("BEGIN IMMEDIATE")
     try:
-        applied = apply_batch(db, projection, batch)
+        applied = apply_batch(db, projection, batch, sequence)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -81,32 +82,20 @@ class Projector:
         projection: Projection,
         *,
         batch: int = DEFAULT_BATCH,
-        before_ack: Callable[[list[RecordedEvent]], None] | None = None,
+        after_commit: FaultHook | None = None,
     ) -> None:
         self._js = nc.jetstream()
         self._db = db
         self.projection = projection
         self._batch = batch
-        self._before_ack = before_ack
+        self._after_commit = after_commit
         self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
         self.applied = 0
+        self.restarts = 0
 
     async def start(self) -> None:
         await ensure_streams(self._js)
-        sub = await self._js.pull_subscribe(
-            ALL_EVENTS,
-            durable=consumer_name(self.projection),
-            stream=EVENTS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=self._batch * 4,
-                ack_wait=30,
-            ),
-        )
-        self._sub = sub
-        self._task = asyncio.create_task(self._run(sub), name=f"projector-{self.projection.name}")
+        self._task = asyncio.create_task(self._run(), name=f"projector-{self.projection.name}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -114,55 +103,66 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
 
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
+    async def checkpoint(self) -> Checkpoint:
+        name = self.projection.name
+        return await self._db.run(lambda db: checkpoint(db, name))
 
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _run(self) -> None:
         while True:
+            cp = await self.checkpoint()
+            # After EVENTS was recreated its sequences restart: read it all, skip by position.
+            last = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
+            start = cp.sequence + 1 if cp.sequence <= last else 1
+            sub = await self._js.subscribe(
+                ALL_EVENTS,
+                stream=EVENTS_STREAM,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
             try:
-                msgs = await sub.fetch(self._batch, timeout=FETCH_TIMEOUT)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+                await self._consume(sub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.opt(exception=exc).error("projector {} fetch failed", self.projection.name)
+                # e.g. the read-model file is locked by a rebuild: resume from the checkpoint.
+                self.restarts += 1
+                logger.opt(exception=exc).error(
+                    "projector {} failed; resuming from its checkpoint", self.projection.name
+                )
                 await asyncio.sleep(RESTART_DELAY)
-                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _consume(self, sub: Subscription) -> None:
+        while True:
             try:
-                await self._handle(msgs)
-            except Exception as exc:
-                # e.g. the read-model file is locked by a rebuild: retry soon, lose nothing.
-                logger.opt(exception=exc).error("projector {} apply failed", self.projection.name)
-                for msg in msgs:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=RESTART_DELAY)
+                first = await sub.next_msg(timeout=None)
+            except NatsTimeoutError:
+                continue
+            msgs = [first]
+            while len(msgs) < self._batch and sub.pending_msgs > 0:
+                msgs.append(await sub.next_msg())
+            await self._handle(msgs)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         batch: list[RecordedEvent] = []
-        ours: list[Msg] = []
         for msg in msgs:
             try:
                 batch.append(recorded_from_msg(msg))
-                ours.append(msg)
             except (KeyError, ValueError):
                 logger.warning(
                     "projector {} skipped {} without ordermesh headers",
                     self.projection.name,
                     msg.subject,
                 )
-                await msg.term()
-        if not batch:
-            return
+        sequence = msgs[-1].metadata.sequence.stream
         projection = self.projection
-        self.applied += await self._db.run(lambda db: _apply_in_transaction(db, projection, batch))
-        if self._before_ack is not None:
-            self._before_ack(batch)
-        for msg in ours:
-            await msg.ack()
+        self.applied += await self._db.run(
+            lambda db: _apply_in_transaction(db, projection, batch, sequence)
+        )
+        if self._after_commit is not None:
+            self._after_commit(batch)

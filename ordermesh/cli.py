@@ -125,13 +125,15 @@ def projections_rebuild(
 
 @projections_app.command("status")
 def projections_status() -> None:
-    """Show each projection's checkpoint (the last applied store position)."""
+    """Show each projection's checkpoint: the last applied store position and the
+    EVENTS sequence it arrived with."""
 
     async def main() -> None:
         db = open_read_models(Settings().read_model_path)
         try:
-            for name, position in (await checkpoints(db)).items():
-                print(f"{name}\t{position}")
+            print("projection\tposition\tsequence")
+            for name, cp in (await checkpoints(db)).items():
+                print(f"{name}\t{cp.position}\t{cp.sequence}")
         finally:
             await db.close()
 

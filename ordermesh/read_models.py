@@ -9,7 +9,7 @@ from pathlib import Path
 from domain.event_store import EventStore
 from infra.sqlite_worker import SQLiteWorker
 from projections import Projection, all_projections
-from projections.base import CHECKPOINT_SCHEMA, apply_batch, checkpoint, reset
+from projections.base import CHECKPOINT_SCHEMA, Checkpoint, apply_batch, checkpoint, reset
 
 REBUILD_PAGE = 1000
 
@@ -52,8 +52,8 @@ async def rebuild(db: SQLiteWorker, store: EventStore, projection: Projection) -
     return position
 
 
-async def checkpoints(db: SQLiteWorker) -> dict[str, int]:
-    def read(conn: sqlite3.Connection) -> dict[str, int]:
+async def checkpoints(db: SQLiteWorker) -> dict[str, Checkpoint]:
+    def read(conn: sqlite3.Connection) -> dict[str, Checkpoint]:
         return {p.name: checkpoint(conn, p.name) for p in all_projections()}
 
     return await db.run(read)

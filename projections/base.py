@@ -1,14 +1,16 @@
 """The projection contract and the checkpointed apply that makes its effect exactly-once.
 
-Delivery from JetStream is at-least-once. The checkpoint (the last applied global
-store position) is written in the same transaction as the read-model change, and an
-event at or below it is skipped, so a redelivery after a crash changes nothing.
+The checkpoint — the last applied global store position, and the ``EVENTS`` sequence
+it arrived with — is written in the same transaction as the read-model change. A
+feeder resumes after that sequence, and an event at or below the position is skipped,
+so neither a crash nor a replay can apply an event twice or skip one.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
@@ -20,6 +22,7 @@ CHECKPOINT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name       TEXT PRIMARY KEY,
     position   INTEGER NOT NULL,
+    sequence   INTEGER NOT NULL,
     updated_at TEXT    NOT NULL
 );
 """
@@ -34,32 +37,43 @@ class Projection(Protocol):
     def apply(self, db: sqlite3.Connection, event: Event, recorded: RecordedEvent) -> None: ...
 
 
-def checkpoint(db: sqlite3.Connection, name: str) -> int:
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: int = 0
+    """Global store position of the last event applied."""
+    sequence: int = 0
+    """``EVENTS`` stream sequence it arrived with; 0 when it came from the store."""
+
+
+def checkpoint(db: sqlite3.Connection, name: str) -> Checkpoint:
     row = db.execute(
-        "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
+        "SELECT position, sequence FROM projection_checkpoints WHERE name = ?", (name,)
     ).fetchone()
-    return int(row[0]) if row else 0
+    return Checkpoint(int(row[0]), int(row[1])) if row else Checkpoint()
 
 
-def _set_checkpoint(db: sqlite3.Connection, name: str, position: int) -> None:
+def _set_checkpoint(db: sqlite3.Connection, name: str, cp: Checkpoint) -> None:
     db.execute(
-        "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-        " updated_at = excluded.updated_at",
-        (name, position, datetime.now(UTC).isoformat()),
+        "INSERT INTO projection_checkpoints (name, position, sequence, updated_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+        " sequence = excluded.sequence, updated_at = excluded.updated_at",
+        (name, cp.position, cp.sequence, datetime.now(UTC).isoformat()),
     )
 
 
 def apply_batch(
-    db: sqlite3.Connection, projection: Projection, batch: Iterable[RecordedEvent]
+    db: sqlite3.Connection,
+    projection: Projection,
+    batch: Iterable[RecordedEvent],
+    sequence: int = 0,
 ) -> int:
     """Apply events above the checkpoint and advance it; call inside one transaction.
 
-    Returns how many events changed the model (skipped duplicates and foreign types
-    do not count).
+    ``sequence`` is the ``EVENTS`` sequence of the batch's last message. Returns how
+    many events changed the model (duplicates and foreign types do not count).
     """
-    position = checkpoint(db, projection.name)
-    start = position
+    start = checkpoint(db, projection.name)
+    position = start.position
     applied = 0
     for recorded in batch:
         if recorded.position <= position:
@@ -68,8 +82,9 @@ def apply_batch(
         if recorded.type in projection.event_types:
             projection.apply(db, decode_event(recorded.type, recorded.data), recorded)
             applied += 1
-    if position != start:
-        _set_checkpoint(db, projection.name, position)
+    end = Checkpoint(position, max(sequence, start.sequence))
+    if end != start:
+        _set_checkpoint(db, projection.name, end)
     return applied
 
 
@@ -77,4 +92,4 @@ def reset(db: sqlite3.Connection, projection: Projection) -> None:
     """Empty the model and its checkpoint, ready for a replay from position 0."""
     for table in projection.tables:
         db.execute(f"DELETE FROM {table}")
-    _set_checkpoint(db, projection.name, 0)
+    _set_checkpoint(db, projection.name, Checkpoint())

@@ -129,4 +129,3 @@ async def test_resent_command_id_concurrently(app: App, nc: NATS) -> None:
         return info.state.messages == 2
 
     await eventually(one_in_events)
-

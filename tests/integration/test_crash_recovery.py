@@ -1,0 +1,180 @@
+"""Crashes between append, relay and projection lose nothing and apply nothing twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from broker.projector import Projector
+from broker.relay import Relay
+from domain.event_store import RecordedEvent
+from infra.nats_server import EmbeddedNatsServer
+from ordermesh.app import App
+from projections import ProductProjection
+from tests.conftest import eventually, request, settings_for
+from tests.integration.test_order_flow import stream_messages
+
+WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
+
+
+async def assert_events_match_store(app: App, nc: NATS) -> None:
+    """EVENTS holds every stored event exactly once, in store order."""
+    assert app.store is not None
+    stored = await app.store.read_all(0, 100_000)
+    msgs = await stream_messages(nc)
+    assert [m.headers["ce-id"] for m in msgs] == [str(e.id) for e in stored]
+    assert [int(m.headers["ce-position"]) for m in msgs] == [e.position for e in stored]
+
+
+async def product_view(nc: NATS) -> dict[str, Any]:
+    reply = await request(nc, "queries.product.get", {"product_id": "p-1"})
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+async def test_relay_fault_after_publish_recovers_exactly_once(
+    nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    # Commands are stored while no relay runs: the state right after "append, then crash".
+    app = App(settings_for(nats_server, tmp_path), ("command", "projections", "query"))
+    await app.start()
+    try:
+        await request(nc, "commands.product.create", WIDGET)
+        for _ in range(20):
+            await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 1})
+        assert (await nc.jetstream().stream_info("EVENTS")).state.messages == 0
+
+        crashes: list[int] = []
+
+        def crash_once(event: RecordedEvent) -> None:
+            if event.revision == 7 and not crashes:
+                crashes.append(event.position)
+                raise RuntimeError("simulated relay crash mid-stream")
+
+        assert app.store is not None
+        relay = Relay(app.nc, app.store, after_publish=crash_once)  # type: ignore[arg-type]
+        await relay.start()
+        try:
+            await eventually(lambda: _relayed(nc, 21), timeout=15)
+        finally:
+            await relay.stop()
+        assert crashes, "the fault hook never fired"
+        await assert_events_match_store(app, nc)
+
+        async def projected() -> bool:
+            view = await product_view(nc)
+            return bool(view["stock"] == 30)
+
+        await eventually(projected)
+        view = await product_view(nc)
+        assert view["version"] == 21
+
+        # A relay that forgot its checkpoint republishes everything: JetStream drops it all.
+        class Amnesiac(Relay):
+            async def checkpoint(self) -> int:
+                return 0
+
+        amnesiac = Amnesiac(app.nc, app.store)  # type: ignore[arg-type]
+        await amnesiac.start()
+        try:
+            await eventually(lambda: _acked(amnesiac, 21))
+        finally:
+            await amnesiac.stop()
+        assert amnesiac.duplicates == 21 and amnesiac.published == 0
+        await assert_events_match_store(app, nc)
+    finally:
+        await app.stop()
+
+
+async def _relayed(nc: NATS, n: int) -> bool:
+    return bool((await nc.jetstream().stream_info("EVENTS")).state.messages >= n)
+
+
+async def _acked(relay: Relay, n: int) -> bool:
+    return relay.published + relay.duplicates >= n
+
+
+async def test_projector_crash_after_commit_applies_once(
+    nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    app = App(settings_for(nats_server, tmp_path), ("command", "relay", "query"))
+    await app.start()
+    try:
+        await request(nc, "commands.product.create", WIDGET)
+        for _ in range(10):
+            await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 2})
+        await eventually(lambda: _relayed(nc, 11))
+
+        batches: list[list[int]] = []
+
+        def crash_after_commit(batch: list[RecordedEvent]) -> None:
+            batches.append([e.position for e in batch])
+            if len(batches) == 1:
+                raise RuntimeError("simulated crash after commit")
+
+        assert app.read_models is not None
+        projector = Projector(
+            app.nc,  # type: ignore[arg-type]
+            app.read_models,
+            ProductProjection(),
+            batch=4,
+            after_commit=crash_after_commit,
+        )
+        await projector.start()
+        try:
+
+            async def caught_up() -> bool:
+                return (await projector.checkpoint()).sequence == 11
+
+            await eventually(caught_up, timeout=15)
+        finally:
+            await projector.stop()
+        assert projector.restarts == 1, "the fault was not exercised"
+        # Resumed right after the committed batch: nothing was delivered twice.
+        delivered = [p for batch in batches for p in batch]
+        assert len(delivered) == len(set(delivered)) == 11
+        view = await product_view(nc)
+        assert view["stock"] == 30
+        assert view["version"] == 11
+        assert projector.applied == 11
+    finally:
+        await app.stop()
+
+
+async def test_replayed_events_are_skipped_by_position(
+    nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    """A checkpoint that lost its sequence re-reads EVENTS and applies nothing twice."""
+    app = App(settings_for(nats_server, tmp_path), ("command", "relay", "projections", "query"))
+    await app.start()
+    try:
+        await request(nc, "commands.product.create", WIDGET)
+        for _ in range(5):
+            await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 1})
+
+        async def projected() -> bool:
+            return bool((await product_view(nc))["version"] == 6)
+
+        await eventually(projected)
+        assert app.read_models is not None
+        await app.read_models.run(
+            lambda db: db.execute("UPDATE projection_checkpoints SET sequence = 0")
+        )
+        replayer = Projector(app.nc, app.read_models, ProductProjection())  # type: ignore[arg-type]
+        await replayer.start()
+        try:
+
+            async def reread() -> bool:
+                return (await replayer.checkpoint()).sequence == 6
+
+            await eventually(reread)
+        finally:
+            await replayer.stop()
+        assert replayer.applied == 0
+        view = await product_view(nc)
+        assert (view["stock"], view["version"]) == (15, 6)
+    finally:
+        await app.stop()
