@@ -136,7 +136,10 @@ class Relay:
         while True:
             event, future = await acks.get()
             try:
-                ack = await asyncio.wait_for(future, ACK_TIMEOUT)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
+                # that arrives together with the ack, and stop() would hang.
+                async with asyncio.timeout(ACK_TIMEOUT):
+                    ack = await future
             finally:
                 slots.release()
             self.position = event.position

@@ -51,7 +51,6 @@ class RequestService:
         queue: str,
         routes: Mapping[str, Route],
         unknown_code: str,
-        foreign_types: frozenset[str] = frozenset(),
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
@@ -61,8 +60,6 @@ class RequestService:
         self._queue = queue
         self._routes = dict(routes)
         self._unknown_code = unknown_code
-        # Types under our pattern that another service answers: we stay silent on them.
-        self._foreign = foreign_types - set(routes)
         self._max_payload = max_payload
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,8 +92,6 @@ class RequestService:
     async def _handle(self, msg: Msg) -> None:
         ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)
-        if msg_type in self._foreign:
-            return
         with logger.contextualize(
             trace_id=ctx.trace_id, correlation_id=ctx.correlation_id, message_type=msg_type
         ):

@@ -168,7 +168,8 @@ class SQLiteEventStore:
                 yield event
             if len(batch) < _SUBSCRIBE_BATCH:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(appended.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await appended.wait()
 
     def _wake_subscribers(self) -> None:
         appended, self._appended = self._appended, asyncio.Event()
