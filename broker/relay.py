@@ -54,7 +54,6 @@ class Relay:
         self.duplicates = 0
 
     async def start(self) -> None:
-        await ensure_streams(self._js)
         self._task = asyncio.create_task(self._run(), name="relay")
 
     async def stop(self) -> None:
@@ -89,6 +88,7 @@ class Relay:
     async def _run(self) -> None:
         while True:
             try:
+                await ensure_streams(self._js)
                 after = await self.checkpoint()
                 self.position = after
                 logger.info("relay resuming after store position {}", after)

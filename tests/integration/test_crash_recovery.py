@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError as JsNotFoundError
 
 from broker.projector import Projector
 from broker.relay import Relay
@@ -90,7 +91,10 @@ async def test_relay_fault_after_publish_recovers_exactly_once(
 
 
 async def _relayed(nc: NATS, n: int) -> bool:
-    return bool((await nc.jetstream().stream_info("EVENTS")).state.messages >= n)
+    try:
+        return bool((await nc.jetstream().stream_info("EVENTS")).state.messages >= n)
+    except JsNotFoundError:
+        return False
 
 
 async def _acked(relay: Relay, n: int) -> bool:
@@ -178,3 +182,21 @@ async def test_replayed_events_are_skipped_by_position(
         assert (view["stock"], view["version"]) == (15, 6)
     finally:
         await app.stop()
+
+
+async def test_deleted_events_stream_is_republished_from_the_store(app: App, nc: NATS) -> None:
+    await request(nc, "commands.product.create", WIDGET)
+    await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 1})
+    await eventually(lambda: _relayed(nc, 2))
+    await nc.jetstream().delete_stream("EVENTS")
+    # The relay notices on its next publish, recreates EVENTS and starts over from position 0.
+    await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 1})
+    await eventually(lambda: _relayed(nc, 3), timeout=20)
+    await assert_events_match_store(app, nc)
+
+    async def projected() -> bool:
+        return bool((await product_view(nc))["stock"] == 12)
+
+    # The projectors resubscribe to the new EVENTS and skip what they had applied.
+    await eventually(projected, timeout=20)
+    assert (await product_view(nc))["version"] == 3
