@@ -117,6 +117,7 @@ def event_headers(event: RecordedEvent) -> dict[str, str]:
         (H_CAUSATION, "causation_id"),
         (H_TRACEPARENT, "traceparent"),
         (H_TRACESTATE, "tracestate"),
+        (H_BAGGAGE, "baggage"),
     ):
         if meta.get(key):
             headers[header] = str(meta[key])

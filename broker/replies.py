@@ -20,6 +20,16 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 STORE_UNAVAILABLE = "store_unavailable"
 INTERNAL_ERROR = "internal_error"
 
+TRANSPORT_CODES = (
+    MALFORMED_JSON,
+    VALIDATION_ERROR,
+    UNKNOWN_COMMAND,
+    UNKNOWN_QUERY,
+    PAYLOAD_TOO_LARGE,
+    STORE_UNAVAILABLE,
+    INTERNAL_ERROR,
+)
+
 
 class RequestError(CodedError):
     """A request refused before it reached the domain (bad JSON, unknown subject, …)."""

@@ -62,6 +62,8 @@ def event_metadata(ctx: MessageContext, source: str) -> bytes:
             meta["$spanId"] = _kurrent_hex(parts[2])
     if ctx.tracestate:
         meta["tracestate"] = ctx.tracestate
+    if ctx.baggage:
+        meta["baggage"] = ctx.baggage
     return json.dumps(meta, separators=(",", ":")).encode()
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from broker.asyncapi import asyncapi_json
 from infra.eventstore import open_event_store
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
@@ -92,6 +95,25 @@ def run(
         raise typer.BadParameter(f"unknown service(s) {bad}; choose from {list(SERVICES)}")
     configure_logging("ordermesh-" + "+".join(services))
     _serve(App(Settings(), services))
+
+
+@app.command()
+def asyncapi(
+    output: Annotated[
+        Path | None, typer.Option("--output", metavar="FILE", help="write here instead of stdout")
+    ] = None,
+) -> None:
+    """Print the AsyncAPI 3.0.0 document of every subject, generated from the code so
+    that it always matches what the services accept and send.
+
+    [b]Example[/b]: ordermesh asyncapi --output docs/asyncapi.json
+    """
+    text = asyncapi_json()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"wrote {output}")
 
 
 @projections_app.command("rebuild")

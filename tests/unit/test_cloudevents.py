@@ -61,7 +61,12 @@ def test_event_metadata_keeps_cause_and_trace_for_kurrentdb_clients() -> None:
 def test_event_headers() -> None:
     ctx = decode_context(
         "commands.order.place",
-        {"ce-id": "cmd", "ce-correlationid": "corr", "traceparent": TRACEPARENT},
+        {
+            "ce-id": "cmd",
+            "ce-correlationid": "corr",
+            "traceparent": TRACEPARENT,
+            "baggage": "tenant=a",
+        },
     )
     event = RecordedEvent(
         id=uuid.uuid4(),
@@ -83,6 +88,7 @@ def test_event_headers() -> None:
     )
     assert (h["ce-correlationid"], h["ce-causationid"]) == ("corr", "cmd")
     assert h["traceparent"] == TRACEPARENT
+    assert h["baggage"] == "tenant=a"
     assert h["ce-time"] == "2026-01-01T00:00:00Z"
 
 
