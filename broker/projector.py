@@ -37,7 +37,7 @@ T = TypeVar("T")
 DEFAULT_BATCH = 256
 RESTART_DELAY = 0.5
 
-FaultHook = Callable[[list[RecordedEvent]], None]
+CommitHook = Callable[[list[RecordedEvent]], None]
 
 
 class Database(Protocol):
@@ -82,13 +82,15 @@ class Projector:
         projection: Projection,
         *,
         batch: int = DEFAULT_BATCH,
-        after_commit: FaultHook | None = None,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self._js = nc.jetstream()
         self._db = db
         self.projection = projection
         self._batch = batch
-        self._after_commit = after_commit
+        #: Called with each batch once it is committed (benchmarks observe latency here;
+        #: tests inject faults).
+        self.on_commit = on_commit
         self._task: asyncio.Task[None] | None = None
         self.applied = 0
         self.restarts = 0
@@ -164,5 +166,5 @@ class Projector:
         self.applied += await self._db.run(
             lambda db: _apply_in_transaction(db, projection, batch, sequence)
         )
-        if self._after_commit is not None:
-            self._after_commit(batch)
+        if self.on_commit is not None:
+            self.on_commit(batch)

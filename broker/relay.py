@@ -30,7 +30,7 @@ DEFAULT_WINDOW = 256
 ACK_TIMEOUT = 10.0
 RESTART_DELAY = 1.0
 
-FaultHook = Callable[[RecordedEvent], None]
+AckHook = Callable[[RecordedEvent], None]
 
 
 class Relay:
@@ -40,13 +40,15 @@ class Relay:
         store: EventStore,
         *,
         window: int = DEFAULT_WINDOW,
-        after_publish: FaultHook | None = None,
+        on_acked: AckHook | None = None,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._store = store
         self._window = window
-        self._after_publish = after_publish
+        #: Called once JetStream has acknowledged an event (benchmarks time the relay
+        #: here; tests inject faults).
+        self.on_acked = on_acked
         self._task: asyncio.Task[None] | None = None
         #: Store position of the newest event JetStream has acknowledged.
         self.position = 0
@@ -125,8 +127,6 @@ class Relay:
                 event_subject(event.type), event.data, headers=event_headers(event)
             )
             acks.put_nowait((event, future))
-            if self._after_publish is not None:
-                self._after_publish(event)
 
     async def _check_acks(
         self,
@@ -147,3 +147,5 @@ class Relay:
                 self.duplicates += 1
             else:
                 self.published += 1
+            if self.on_acked is not None:
+                self.on_acked(event)

@@ -68,6 +68,8 @@ class RequestService:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._pattern, queue=self._queue, cb=self._on_msg)
+        # A round trip, so the server knows the subscription before we say we are ready.
+        await self._nc.flush()
         logger.info("{} service serving {} (queue {})", self.name, self._pattern, self._queue)
 
     async def stop(self) -> None:

@@ -6,18 +6,18 @@ expected revision. Another writer in between (another process, another replica)
 makes the append fail; we reload and decide again a bounded number of times.
 
 Idempotency needs no extra table: each stored event records the id of the command
-that caused it. A resent command finds its own events in the stream it has to read
-anyway, and answers from the state they produced: the first result, not a new one.
+that caused it. A resent command finds its own events in the stream's history, and
+is answered from the state they produced: the first result, not a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from domain.catalog import decode_event
@@ -30,9 +30,10 @@ from domain.event_store import (
     WrongExpectedRevision,
 )
 from domain.messages import Event
-from domain.metadata import MessageContext, event_metadata
+from domain.metadata import MessageContext, event_metadata, parse_metadata
 
 DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_CACHE_SIZE = 10_000
 
 
 class Aggregate(Protocol):
@@ -63,12 +64,33 @@ class Outcome:
     duplicate: bool = False
 
 
-def _caused_by(event: RecordedEvent, command_id: str) -> bool:
-    return bool(json.loads(event.metadata or b"{}").get("causation_id") == command_id)
+@dataclass(slots=True)
+class _Snapshot:
+    """An aggregate folded up to ``revision`` (-1: no stream yet), and who changed it."""
+
+    state: Any
+    revision: int = -1
+    caused: dict[str, int] = field(default_factory=dict)
+    """Command id → revision of the last event it caused: the idempotency record."""
+
+    def fold(self, recorded: RecordedEvent) -> None:
+        self.state.apply(decode_event(recorded.type, recorded.data))
+        self.revision = recorded.revision
+        cause = parse_metadata(recorded.metadata).get("causation_id")
+        if isinstance(cause, str):
+            self.caused[cause] = recorded.revision
 
 
 class CommandExecutor:
-    """Runs decisions against the store; one per command service."""
+    """Runs decisions against the store; one per command service.
+
+    Aggregates stay in an LRU cache between commands. A command decides on the cached
+    state and appends with its revision as the expected revision, so the common case
+    costs one store round trip and no read: if another process wrote meanwhile, the
+    append fails, the executor reads just the new events and decides again. Only an
+    append proves a cached state current, so a refusal or a no-op decided on a cached
+    state is checked against a fresh read before it is answered.
+    """
 
     def __init__(
         self,
@@ -76,12 +98,15 @@ class CommandExecutor:
         *,
         source: str = "ordermesh.command",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.store = store
         self.source = source
         self.max_attempts = max_attempts
+        self.cache_size = cache_size
         #: Appends lost to another writer (each one retried); a contention gauge.
         self.conflicts = 0
+        self._cache: OrderedDict[str, _Snapshot] = OrderedDict()
         # Commands on one stream within this process queue up instead of racing:
         # conflicts are then left to other processes, where retries are cheap.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -93,11 +118,31 @@ class CommandExecutor:
             self._locks[stream] = lock
         return lock
 
-    async def load(self, stream: str, state: A) -> A:
-        """Fold a whole stream into ``state`` (read-only use, e.g. a catalogue lookup)."""
-        for recorded in await self.store.read_stream(stream):
-            state.apply(decode_event(recorded.type, recorded.data))
-        return state
+    def _cached(self, stream: str) -> _Snapshot | None:
+        snap = self._cache.get(stream)
+        if snap is not None:
+            self._cache.move_to_end(stream)
+        return snap
+
+    def _remember(self, stream: str, snap: _Snapshot) -> None:
+        self._cache[stream] = snap
+        self._cache.move_to_end(stream)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _refresh(self, stream: str, snap: _Snapshot) -> _Snapshot:
+        """Fold the events stored after the snapshot's revision (all of them when new)."""
+        for recorded in await self.store.read_stream(stream, from_revision=snap.revision + 1):
+            snap.fold(recorded)
+        self._remember(stream, snap)
+        return snap
+
+    async def load(self, stream: str, new_state: Callable[[], A]) -> A:
+        """The current state of a stream for a read-only use, such as pricing an order."""
+        async with self._lock(stream):
+            snap = self._cached(stream) or _Snapshot(new_state())
+            state: A = (await self._refresh(stream, snap)).state
+            return state
 
     async def execute(
         self,
@@ -108,35 +153,76 @@ class CommandExecutor:
         ctx: MessageContext,
     ) -> Outcome:
         async with self._lock(stream):
-            for attempt in range(self.max_attempts):
-                recorded = await self.store.read_stream(stream)
-                state = new_state()
-                done_at = next(
-                    (i for i in reversed(range(len(recorded))) if _caused_by(recorded[i], ctx.id)),
-                    None,
-                )
-                if done_at is not None:
-                    for rec in recorded[: done_at + 1]:
-                        state.apply(decode_event(rec.type, rec.data))
-                    return Outcome(result(state), [], duplicate=True)
-                for rec in recorded:
-                    state.apply(decode_event(rec.type, rec.data))
-                events = decide(state)
-                if not events:
-                    return Outcome(result(state), [])
-                expected = recorded[-1].revision if recorded else StreamState.NO_STREAM
-                metadata = event_metadata(ctx, self.source)
-                batch = [
-                    NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
-                    for e in events
-                ]
-                try:
-                    await self.store.append(stream, batch, expected)
-                except WrongExpectedRevision:
-                    self.conflicts += 1
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                    continue
-                for e in events:
-                    state.apply(e)
-                return Outcome(result(state), events)
+            try:
+                return await self._execute(stream, new_state, decide, result, ctx)
+            except BaseException:
+                # A failed append may still have been written (a timeout): forget the cache.
+                self._cache.pop(stream, None)
+                raise
+
+    async def _execute(
+        self,
+        stream: str,
+        new_state: Callable[[], A],
+        decide: Callable[[A], list[Event]],
+        result: Callable[[A], dict[str, Any]],
+        ctx: MessageContext,
+    ) -> Outcome:
+        snap = self._cached(stream)
+        fresh = snap is None
+        if snap is None:
+            snap = await self._refresh(stream, _Snapshot(new_state()))
+        for attempt in range(self.max_attempts):
+            if ctx.id in snap.caused:
+                data = await self._result_at(stream, snap, snap.caused[ctx.id], new_state, result)
+                return Outcome(data, [], duplicate=True)
+            try:
+                events = decide(snap.state)
+            except CodedError:
+                if fresh:
+                    raise
+                snap, fresh = await self._refresh(stream, snap), True
+                continue
+            if not events:
+                if fresh:
+                    return Outcome(result(snap.state), [])
+                snap, fresh = await self._refresh(stream, snap), True
+                continue
+            expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
+            metadata = event_metadata(ctx, self.source)
+            batch = [
+                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
+                for e in events
+            ]
+            try:
+                appended = await self.store.append(stream, batch, expected)
+            except WrongExpectedRevision:
+                self.conflicts += 1
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                snap, fresh = await self._refresh(stream, snap), True
+                continue
+            for e in events:
+                snap.state.apply(e)
+            snap.revision = appended.revision
+            snap.caused[ctx.id] = appended.revision
+            self._remember(stream, snap)
+            return Outcome(result(snap.state), events)
         raise ConcurrencyConflict(stream, self.max_attempts)
+
+    async def _result_at(
+        self,
+        stream: str,
+        snap: _Snapshot,
+        revision: int,
+        new_state: Callable[[], A],
+        result: Callable[[A], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The reply a command gave: the state right after its own events."""
+        if revision == snap.revision:
+            return result(snap.state)
+        past = _Snapshot(new_state())
+        for recorded in await self.store.read_stream(stream):
+            if recorded.revision > revision:
+                break
+            past.fold(recorded)
+        return result(past.state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from domain import order as o
@@ -26,7 +27,9 @@ def order_view(state: o.Order) -> dict[str, Any]:
 async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> Outcome:
     """Prices come from the product streams as they are now; the order records them."""
     ids = sorted({line.product_id for line in cmd.items})
-    products = await asyncio.gather(*(ex.load(p.stream_name(pid), p.Product(pid)) for pid in ids))
+    products: list[p.Product] = await asyncio.gather(
+        *(ex.load(p.stream_name(pid), functools.partial(p.Product, pid)) for pid in ids)
+    )
     catalogue = dict(zip(ids, products, strict=True))
     return await ex.execute(
         o.stream_name(cmd.order_id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from pathlib import Path
@@ -114,6 +115,29 @@ def asyncapi(
     else:
         output.write_text(text, encoding="utf-8")
         console.print(f"wrote {output}")
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="about a second per case: checks the harness only")
+    ] = False,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", metavar="FILE", help="also write the results here")
+    ] = None,
+) -> None:
+    """Measure every hot path against raw NATS in the same run, on an embedded
+    nats-server, and print each case's ratio to its raw baseline.
+
+    [b]Example[/b]: ordermesh bench --json bench-results.json
+    """
+    from ordermesh.bench.runner import bench as run_bench
+
+    configure_logging("ordermesh-bench", level="WARNING")
+    doc = asyncio.run(run_bench(quick))
+    if json_file is not None:
+        json_file.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_file}")
 
 
 @projections_app.command("rebuild")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -82,6 +84,8 @@ class SQLiteEventStore:
         self._worker = worker
         self._poll_interval = poll_interval
         self._appended = asyncio.Event()
+        self._queue: list[_PendingAppend] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -121,12 +125,44 @@ class SQLiteEventStore:
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
-        batch = list(events)
-        result = await self._run(
-            lambda db: transaction(db, lambda tx: _append(tx, stream, batch, expected_revision))
-        )
-        self._wake_subscribers()
-        return result
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_PendingAppend(stream, list(events), expected_revision, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Group commit: every append queued while the previous commit ran shares one.
+
+        Each append keeps its own savepoint, so one append's conflict fails only that
+        append; one commit (one fsync, one thread hop) then serves the whole group.
+        """
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    outcomes = await self._run(
+                        functools.partial(
+                            transaction, fn=functools.partial(_append_group, group=group)
+                        )
+                    )
+                except BaseException as exc:
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for item, outcome in zip(group, outcomes, strict=True):
+                    if item.future.done():
+                        continue
+                    if isinstance(outcome, AppendResult):
+                        item.future.set_result(outcome)
+                    else:
+                        item.future.set_exception(outcome)
+                self._wake_subscribers()
+        finally:
+            self._flusher = None
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -177,6 +213,29 @@ class SQLiteEventStore:
 
     async def close(self) -> None:
         await self._worker.close()
+
+
+@dataclass(slots=True)
+class _PendingAppend:
+    stream: str
+    events: list[NewEvent]
+    expected: ExpectedRevision
+    future: asyncio.Future[AppendResult]
+
+
+def _append_group(
+    db: sqlite3.Connection, group: list[_PendingAppend]
+) -> list[AppendResult | Exception]:
+    outcomes: list[AppendResult | Exception] = []
+    for item in group:
+        db.execute("SAVEPOINT one_append")
+        try:
+            outcomes.append(_append(db, item.stream, item.events, item.expected))
+        except (WrongExpectedRevision, sqlite3.IntegrityError) as exc:
+            db.execute("ROLLBACK TO one_append")
+            outcomes.append(exc)
+        db.execute("RELEASE one_append")
+    return outcomes
 
 
 def _append(

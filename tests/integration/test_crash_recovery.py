@@ -36,7 +36,7 @@ async def product_view(nc: NATS) -> dict[str, Any]:
     return data
 
 
-async def test_relay_fault_after_publish_recovers_exactly_once(
+async def test_relay_fault_after_ack_recovers_exactly_once(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     # Commands are stored while no relay runs: the state right after "append, then crash".
@@ -56,7 +56,7 @@ async def test_relay_fault_after_publish_recovers_exactly_once(
                 raise RuntimeError("simulated relay crash mid-stream")
 
         assert app.store is not None
-        relay = Relay(app.nc, app.store, after_publish=crash_once)  # type: ignore[arg-type]
+        relay = Relay(app.nc, app.store, on_acked=crash_once)  # type: ignore[arg-type]
         await relay.start()
         try:
             await eventually(lambda: _relayed(nc, 21), timeout=15)
@@ -125,7 +125,7 @@ async def test_projector_crash_after_commit_applies_once(
             app.read_models,
             ProductProjection(),
             batch=4,
-            after_commit=crash_after_commit,
+            on_commit=crash_after_commit,
         )
         await projector.start()
         try:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from broker.cloudevents import decode_context
+from domain.errors import ProductNotFound
 from domain.event_store import AppendResult, ExpectedRevision, NewEvent, StreamState
-from domain.product import CreateProduct, Restock
+from domain.product import ChangePrice, CreateProduct, Restock
 from handlers import CommandExecutor, ConcurrencyConflict
 from handlers import product as product_handlers
 from infra.eventstore.sqlite import SQLiteEventStore
@@ -79,3 +80,81 @@ async def test_conflicts_are_retried_a_bounded_number_of_times(store: SQLiteEven
     # Only the competitors' events were written; none of ours.
     assert len(events) == 4
     assert all(json.loads(e.metadata or b"{}").get("causation_id") != "c1" for e in events)
+
+
+async def two_executors(store: SQLiteEventStore) -> tuple[CommandExecutor, CommandExecutor]:
+    """Two command services sharing one store, each with its own cache: two processes."""
+    a, b = CommandExecutor(store), CommandExecutor(store)
+    await product_handlers.create(
+        a,
+        CreateProduct(product_id="p", name="n", price="1.00", stock=10),
+        ctx("c0"),  # type: ignore[arg-type]
+    )
+    return a, b
+
+
+async def test_stale_cache_is_caught_by_the_append(store: SQLiteEventStore) -> None:
+    a, b = await two_executors(store)
+    await product_handlers.restock(b, Restock(product_id="p", quantity=5), ctx("b1"))
+    reply = await product_handlers.restock(a, Restock(product_id="p", quantity=1), ctx("a1"))
+    assert reply.data["stock"] == 16
+    assert a.conflicts == 1
+
+
+async def test_refusal_on_a_stale_cache_is_rechecked(store: SQLiteEventStore) -> None:
+    a, b = CommandExecutor(store), CommandExecutor(store)
+    with pytest.raises(ProductNotFound):
+        await product_handlers.restock(a, Restock(product_id="q", quantity=1), ctx("a0"))
+    await product_handlers.create(
+        b,
+        CreateProduct(product_id="q", name="n", price="1.00", stock=0),
+        ctx("b0"),  # type: ignore[arg-type]
+    )
+    reply = await product_handlers.restock(a, Restock(product_id="q", quantity=2), ctx("a1"))
+    assert reply.data["stock"] == 2
+
+
+async def test_no_op_on_a_stale_cache_is_rechecked(store: SQLiteEventStore) -> None:
+    a, b = await two_executors(store)
+    await product_handlers.change_price(b, ChangePrice(product_id="p", price="2.00"), ctx("b1"))  # type: ignore[arg-type]
+    reply = await product_handlers.change_price(
+        a,
+        ChangePrice(product_id="p", price="1.00"),  # type: ignore[arg-type]
+        ctx("a1"),
+    )
+    assert reply.data["price"] == "1.00" and reply.events
+    assert json.loads((await store.read_stream("product-p"))[-1].data)["price"] == "1.00"
+
+
+async def test_resend_to_another_instance_is_recognised(store: SQLiteEventStore) -> None:
+    a, b = await two_executors(store)
+    await product_handlers.restock(b, Restock(product_id="p", quantity=1), ctx("warm-b"))
+    first = await product_handlers.restock(a, Restock(product_id="p", quantity=3), ctx("x"))
+    # b's cache predates "x": its append conflicts, the refresh finds "x" and answers from it.
+    again = await product_handlers.restock(b, Restock(product_id="p", quantity=3), ctx("x"))
+    cold = await product_handlers.restock(
+        CommandExecutor(store), Restock(product_id="p", quantity=3), ctx("x")
+    )
+    assert again.duplicate and cold.duplicate
+    assert again.data == cold.data == first.data
+    assert len(await store.read_stream("product-p")) == 3
+
+
+async def test_first_result_survives_later_changes_and_cache_eviction(
+    store: SQLiteEventStore,
+) -> None:
+    ex = CommandExecutor(store, cache_size=1)
+    await product_handlers.create(
+        ex,
+        CreateProduct(product_id="p", name="n", price="1.00", stock=0),
+        ctx("c0"),  # type: ignore[arg-type]
+    )
+    first = await product_handlers.restock(ex, Restock(product_id="p", quantity=2), ctx("c1"))
+    await product_handlers.restock(ex, Restock(product_id="p", quantity=5), ctx("c2"))
+    await product_handlers.create(
+        ex,
+        CreateProduct(product_id="other", name="n", price="1.00", stock=0),
+        ctx("c3"),  # type: ignore[arg-type]
+    )  # evicts "product-p"
+    again = await product_handlers.restock(ex, Restock(product_id="p", quantity=2), ctx("c1"))
+    assert again.duplicate and again.data == first.data and again.data["stock"] == 2

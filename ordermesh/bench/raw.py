@@ -1,0 +1,160 @@
+"""Raw nats-py baselines: what NATS itself allows from Python on this machine, now."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import PubAck, StorageType, StreamConfig
+
+from ordermesh.bench.measure import Result, closed_loop
+
+BODY = b"x" * 200
+DRAIN_TIMEOUT = 10.0
+
+
+async def request_reply(url: str, *, concurrency: int, duration: float) -> Result:
+    responder = await nats.connect(url)
+    client = await nats.connect(url)
+    try:
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
+
+        await responder.subscribe("bench.raw.echo", cb=echo)
+        await responder.flush()
+
+        async def op(_: int) -> None:
+            await client.request("bench.raw.echo", BODY, timeout=5)
+
+        await closed_loop(op, concurrency=concurrency, duration=min(duration, 0.3))  # warm-up
+        done, elapsed = await closed_loop(op, concurrency=concurrency, duration=duration)
+    finally:
+        await client.close()
+        await responder.close()
+    return Result(
+        f"raw.request_reply.c{concurrency}",
+        "raw",
+        "rate",
+        done / elapsed,
+        "req/s",
+        ops=done,
+        seconds=elapsed,
+    )
+
+
+async def publish_subscribe(url: str, *, duration: float) -> Result:
+    """Publish as fast as possible for ``duration``; rate is what the subscriber received."""
+    subscriber = await nats.connect(url, pending_size=512 * 1024 * 1024)
+    publisher = await nats.connect(url)
+    received = 0
+    last = 0.0
+    target: int | None = None
+    all_in = asyncio.Event()
+    try:
+
+        async def count(_msg: Msg) -> None:
+            nonlocal received, last
+            received += 1
+            last = time.perf_counter()
+            if target is not None and received >= target:
+                all_in.set()
+
+        await subscriber.subscribe(
+            "bench.raw.fan", cb=count, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        await subscriber.flush()
+        sent = 0
+        start = time.perf_counter()
+        deadline = start + duration
+        while time.perf_counter() < deadline:
+            for _ in range(500):
+                await publisher.publish("bench.raw.fan", BODY)
+            sent += 500
+            await asyncio.sleep(0)  # let the subscriber's callbacks run
+        await publisher.flush()
+        target = sent
+        if received >= sent:
+            all_in.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await all_in.wait()
+    finally:
+        await publisher.close()
+        await subscriber.close()
+    elapsed = (last or time.perf_counter()) - start
+    return Result(
+        "raw.publish_subscribe",
+        "raw",
+        "rate",
+        received / elapsed,
+        "msg/s",
+        ops=received,
+        seconds=elapsed,
+        extra={"sent": sent, "lost": sent - received},
+    )
+
+
+async def jetstream_publish(url: str, *, in_flight: int, duration: float) -> Result:
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=max(in_flight, 1))
+    stream = f"BENCH_RAW_{in_flight}"
+    await js.add_stream(
+        StreamConfig(name=stream, subjects=[f"bench.js{in_flight}.>"], storage=StorageType.FILE)
+    )
+    subject = f"bench.js{in_flight}.x"
+    try:
+        if in_flight == 1:
+
+            async def op(_: int) -> None:
+                await js.publish(subject, BODY)
+
+            done, elapsed = await closed_loop(op, concurrency=1, duration=duration)
+        else:
+            done, elapsed = await _pipelined(js, subject, in_flight, duration)
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+    return Result(
+        f"raw.jetstream_publish.w{in_flight}",
+        "raw",
+        "rate",
+        done / elapsed,
+        "msg/s",
+        ops=done,
+        seconds=elapsed,
+    )
+
+
+async def _pipelined(
+    js: nats.js.JetStreamContext, subject: str, window: int, duration: float
+) -> tuple[int, float]:
+    slots = asyncio.Semaphore(window)
+    acked = 0
+    failed = 0
+
+    def on_ack(future: asyncio.Future[PubAck]) -> None:
+        nonlocal acked, failed
+        slots.release()
+        if future.cancelled() or future.exception() is not None:
+            failed += 1
+        else:
+            acked += 1
+
+    start = time.perf_counter()
+    deadline = start + duration
+    pending: list[asyncio.Future[PubAck]] = []
+    while time.perf_counter() < deadline:
+        await slots.acquire()
+        future = await js.publish_async(subject, BODY)
+        future.add_done_callback(on_ack)
+        pending.append(future)
+        if len(pending) > 10 * window:
+            pending = [f for f in pending if not f.done()]
+    await asyncio.gather(*pending, return_exceptions=True)
+    if failed:
+        raise RuntimeError(f"{failed} JetStream publishes failed")
+    return acked, time.perf_counter() - start

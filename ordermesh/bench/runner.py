@@ -1,0 +1,161 @@
+"""Runs every case against one embedded nats-server and reports ratios to raw baselines."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+from loguru import logger
+from rich.console import Console
+from rich.table import Table
+
+from infra.nats_server import EmbeddedNatsServer, nats_server_binary
+from ordermesh import __version__
+from ordermesh.app import SERVICES, App
+from ordermesh.bench import raw, system
+from ordermesh.bench.measure import Result
+from ordermesh.config import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how much: ``quick`` keeps the harness honest in CI in seconds."""
+
+    duration: float
+    ramp_duration: float
+    relay_events: int
+    memory_orders: int
+
+    @classmethod
+    def of(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(duration=1.0, ramp_duration=0.5, relay_events=2_000, memory_orders=1_000)
+        return cls(duration=5.0, ramp_duration=2.0, relay_events=20_000, memory_orders=10_000)
+
+
+async def run_all(plan: Plan, progress: Console) -> list[Result]:
+    results: list[Result] = []
+
+    def done(result: Result) -> None:
+        results.append(result)
+        progress.print(f"  {result.name}: {result.value:,.1f} {result.unit}")
+
+    with tempfile.TemporaryDirectory(prefix="ordermesh-bench-") as tmp:
+        root = Path(tmp)
+        server = EmbeddedNatsServer(root / "nats")
+        await server.start()
+        try:
+            progress.print("[bold]raw NATS baselines[/]")
+            for c in (1, 64):
+                done(await raw.request_reply(server.url, concurrency=c, duration=plan.duration))
+            done(await raw.publish_subscribe(server.url, duration=plan.duration))
+            for w in (1, 256):
+                done(await raw.jetstream_publish(server.url, in_flight=w, duration=plan.duration))
+
+            progress.print("[bold]ordermesh[/]")
+            app = App(Settings(nats_url=server.url, data_dir=root / "data"), SERVICES)
+            await app.start()
+            client = await nats.connect(server.url)
+            try:
+                products = await system.seed_products(client, 20)
+                for command in ("product.restock", "order.place"):
+                    for c in (1, 64):
+                        done(
+                            await system.command_rate(
+                                client, command, products, concurrency=c, duration=plan.duration
+                            )
+                        )
+                for r in await system.read_model_latency(
+                    client,
+                    app,
+                    products,
+                    duration=plan.duration,
+                    ramp_duration=plan.ramp_duration,
+                ):
+                    done(r)
+            finally:
+                await client.close()
+                await app.stop()
+            client = await nats.connect(server.url)
+            try:
+                done(await system.relay_rate(client, root, events=plan.relay_events))
+            finally:
+                await client.close()
+        finally:
+            await server.stop()
+    done(await system.peak_rss_of_up(orders=plan.memory_orders))
+    by_name = {r.name: r for r in results}
+    for r in results:
+        if r.baseline is not None and r.baseline in by_name and by_name[r.baseline].value:
+            r.ratio = r.value / by_name[r.baseline].value
+    return results
+
+
+PENDING = {
+    "tracing.on_off": "tracing cost: arrives with the observability issue",
+    "saga.confirmed_per_second": "saga throughput: arrives with the saga issue",
+    "tap.json_lines": "tap throughput: arrives with the CLI issue",
+}
+
+
+def report(results: list[Result], plan: Plan, quick: bool) -> dict[str, Any]:
+    return {
+        "meta": {
+            "ordermesh": __version__,
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": quick,
+            "plan": plan.__dict__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "nats_server": str(nats_server_binary()),
+        },
+        "cases": {r.name: r.as_dict() for r in results},
+        "pending": PENDING,
+    }
+
+
+def table(results: list[Result]) -> Table:
+    t = Table(title="ordermesh bench", show_lines=False)
+    for col in ("case", "value", "unit", "baseline", "ratio", "target", "verdict"):
+        t.add_column(col, justify="right" if col in {"value", "ratio", "target"} else "left")
+    for r in results:
+        target = (
+            ""
+            if r.target is None
+            else (f"< {r.target:g}" if r.target_kind == "max_value" else f">= {r.target:g}x")
+        )
+        verdict = r.verdict or ""
+        style = {"met": "green", "missed": "red"}.get(verdict, "")
+        t.add_row(
+            r.name,
+            f"{r.value:,.1f}",
+            r.unit,
+            r.baseline or "",
+            "" if r.ratio is None else f"{r.ratio:.2f}x",
+            target,
+            f"[{style}]{verdict}[/]" if style else verdict,
+        )
+    return t
+
+
+async def bench(quick: bool) -> dict[str, Any]:
+    console = Console()
+    progress = Console(stderr=True)
+    logger.disable("broker")
+    plan = Plan.of(quick)
+    started = time.perf_counter()
+    results = await run_all(plan, progress)
+    doc = report(results, plan, quick)
+    doc["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    console.print(table(results))
+    for name, why in PENDING.items():
+        console.print(f"[dim]{name}: {why}[/]")
+    return doc

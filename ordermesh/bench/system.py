@@ -1,0 +1,328 @@
+"""The ordermesh cases: command path, command → read model, relay, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from broker.projector import Projector
+from broker.relay import Relay
+from domain.event_store import NewEvent, RecordedEvent, StreamState
+from infra.eventstore.sqlite import SQLiteEventStore
+from infra.nats_server import free_port
+from ordermesh.app import App
+from ordermesh.bench.measure import Result, closed_loop, latency_summary
+
+REQUEST_TIMEOUT = 10.0
+
+
+async def call(nc: NATS, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(body).encode(), timeout=REQUEST_TIMEOUT)
+    decoded: dict[str, Any] = json.loads(reply.data)
+    if not decoded.get("ok"):
+        raise RuntimeError(f"{subject} refused: {decoded}")
+    return decoded
+
+
+async def seed_products(nc: NATS, count: int) -> list[str]:
+    ids = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(count)]
+    for pid in ids:
+        await call(
+            nc,
+            "commands.product.create",
+            {"product_id": pid, "name": "Bench", "price": "9.99", "stock": 1_000_000},
+        )
+    return ids
+
+
+def order_body(order_id: str, product_id: str) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "customer_id": "bench",
+        "items": [{"product_id": product_id, "quantity": 1}],
+    }
+
+
+async def command_rate(
+    nc: NATS, command: str, products: list[str], *, concurrency: int, duration: float
+) -> Result:
+    """Acknowledged commands per second; restocks hit one product, orders are all new."""
+    run = uuid.uuid4().hex[:6]
+
+    def body(i: int) -> dict[str, Any]:
+        if command == "product.restock":
+            return {"product_id": products[0], "quantity": 1}
+        return order_body(f"{run}-{i}", products[i % len(products)])
+
+    async def op(i: int) -> None:
+        await call(nc, f"commands.{command}", body(i))
+
+    warm = uuid.uuid4().hex[:6]
+    await closed_loop(
+        lambda i: call(nc, f"commands.{command}", body(i) | _rename(command, warm, i)),
+        concurrency=concurrency,
+        duration=min(duration, 0.3),
+    )
+    done, elapsed = await closed_loop(op, concurrency=concurrency, duration=duration)
+    return Result(
+        f"command.{command}.c{concurrency}",
+        "command",
+        "rate",
+        done / elapsed,
+        "cmd/s",
+        ops=done,
+        seconds=elapsed,
+        baseline=f"raw.request_reply.c{concurrency}",
+        target=0.25 if concurrency == 64 else None,
+    )
+
+
+def _rename(command: str, prefix: str, i: int) -> dict[str, Any]:
+    return {} if command == "product.restock" else {"order_id": f"warm-{prefix}-{i}"}
+
+
+class ApplyClock:
+    """Times each order from its send to its commit in the orders read model."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.sent: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+        self._all_applied = asyncio.Event()
+        self._expected = 0
+        projector.on_commit = self._committed
+
+    def _committed(self, batch: list[RecordedEvent]) -> None:
+        now = time.perf_counter()
+        for event in batch:
+            order_id = event.stream.removeprefix("order-")
+            sent = self.sent.get(order_id)
+            if sent is not None and order_id not in self.latency:
+                self.latency[order_id] = now - sent
+        if self._expected and len(self.latency) >= self._expected:
+            self._all_applied.set()
+
+    async def wait_all(self, expected: int, timeout: float) -> None:
+        self._expected = expected
+        if len(self.latency) >= expected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._all_applied.wait()
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.latency.clear()
+        self._all_applied = asyncio.Event()
+        self._expected = 0
+
+
+async def offered_load(
+    nc: NATS, clock: ApplyClock, products: list[str], *, rate: float, duration: float
+) -> dict[str, Any]:
+    """Open loop: send ``order.place`` at ``rate``/s whatever the replies do."""
+    clock.reset()
+    run = uuid.uuid4().hex[:6]
+    count = max(1, int(rate * duration))
+    failures = 0
+
+    async def send(i: int) -> None:
+        nonlocal failures
+        order_id = f"{run}-{i}"
+        clock.sent[order_id] = time.perf_counter()
+        try:
+            await call(
+                nc, "commands.order.place", order_body(order_id, products[i % len(products)])
+            )
+        except Exception:
+            failures += 1
+            clock.sent.pop(order_id, None)
+
+    start = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the open loop, not waiting for a condition
+        tasks.append(asyncio.create_task(send(i)))
+    await asyncio.gather(*tasks)
+    await clock.wait_all(count - failures, timeout=5.0)
+    applied = list(clock.latency.values())
+    return {
+        "offered_rate": rate,
+        "sent": count,
+        "failed": failures,
+        "applied": len(applied),
+    } | latency_summary(applied)
+
+
+async def read_model_latency(
+    nc: NATS, app: App, products: list[str], *, duration: float, ramp_duration: float
+) -> list[Result]:
+    projector = next(
+        c for c in app.components if isinstance(c, Projector) and c.projection.name == "orders"
+    )
+    clock = ApplyClock(projector)
+    try:
+        fixed = await offered_load(nc, clock, products, rate=200, duration=duration)
+        steps = []
+        best = 0.0
+        for rate in (200, 400, 800, 1600, 3200, 6400):
+            step = await offered_load(nc, clock, products, rate=rate, duration=ramp_duration)
+            steps.append(step)
+            ok = step["failed"] == 0 and step["applied"] == step["sent"] and step["p99_ms"] < 100
+            if not ok:
+                break
+            best = rate
+    finally:
+        projector.on_commit = None
+    return [
+        Result(
+            "read_model.latency_at_200",
+            "read_model",
+            "latency",
+            fixed["p99_ms"],
+            "ms p99",
+            ops=fixed["applied"],
+            seconds=duration,
+            target=50.0,
+            target_kind="max_value",
+            extra=fixed,
+        ),
+        Result(
+            "read_model.max_rate_p99_under_100ms",
+            "read_model",
+            "rate",
+            best,
+            "cmd/s",
+            extra={"steps": steps},
+        ),
+    ]
+
+
+async def relay_rate(nc: NATS, store_dir: Path, *, events: int) -> Result:
+    """Events/s from a pre-filled store into an empty EVENTS stream."""
+    store = await SQLiteEventStore.open(store_dir / "relay-bench.db")
+    data = json.dumps(
+        {
+            "order_id": "o-x",
+            "customer_id": "c",
+            "items": [
+                {"product_id": "p", "quantity": 1, "unit_price": "9.99", "line_total": "9.99"}
+            ],
+            "total": "9.99",
+        }
+    ).encode()
+    meta = b'{"correlation_id":"c","causation_id":"c","source":"bench"}'
+    try:
+        for start in range(0, events, 100):
+            batch = [NewEvent("order.placed", data, meta) for _ in range(min(100, events - start))]
+            await store.append(f"order-b{start}", batch, StreamState.NO_STREAM)
+        js = nc.jetstream()
+        with contextlib.suppress(Exception):
+            await js.purge_stream("EVENTS")
+        finished = asyncio.Event()
+
+        def count(event: RecordedEvent) -> None:
+            if relay.published + relay.duplicates >= events:
+                finished.set()
+
+        relay = Relay(nc, store, on_acked=count)
+        began = time.perf_counter()
+        await relay.start()
+        try:
+            async with asyncio.timeout(120):
+                await finished.wait()
+        finally:
+            await relay.stop()
+        elapsed = time.perf_counter() - began
+    finally:
+        await store.close()
+    return Result(
+        "relay.store_to_jetstream",
+        "relay",
+        "rate",
+        events / elapsed,
+        "event/s",
+        ops=events,
+        seconds=elapsed,
+        baseline="raw.jetstream_publish.w256",
+        target=0.5,
+    )
+
+
+async def peak_rss_of_up(*, orders: int, concurrency: int = 64) -> Result:
+    """Peak RSS of a real ``ordermesh up`` process after ``orders`` orders are projected."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ordermesh-bench-") as tmp:
+        port, monitor = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")}
+        env |= {
+            "ORDERMESH_DATA_DIR": tmp,
+            "ORDERMESH_NATS_PORT": str(port),
+            "ORDERMESH_NATS_MONITOR_PORT": str(monitor),
+            "LOG_LEVEL": "WARNING",
+        }
+        exe = str(Path(sys.executable).parent / "ordermesh")
+        proc = await asyncio.create_subprocess_exec(
+            exe, "up", env=env, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(60):
+                while b"Ctrl-C" not in await proc.stdout.readline():
+                    pass
+            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            try:
+                products = await seed_products(nc, 10)
+                run = uuid.uuid4().hex[:6]
+                await closed_loop(
+                    lambda i: call(
+                        nc, "commands.order.place", order_body(f"{run}-{i}", products[i % 10])
+                    ),
+                    concurrency=concurrency,
+                    duration=600,
+                    max_ops=orders,
+                )
+                # The read model lives in the other process: its query is our only view.
+                async with asyncio.timeout(120):
+                    while await _projected_orders(nc) < orders:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+            peak_kib = _status_kib(proc.pid, "VmHWM")
+            current_kib = _status_kib(proc.pid, "VmRSS")
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+    return Result(
+        f"memory.up_peak_rss_after_{orders}_orders",
+        "memory",
+        "bytes",
+        peak_kib / 1024,
+        "MiB",
+        ops=orders,
+        extra={"rss_now_mib": round(current_kib / 1024, 1)},
+    )
+
+
+async def _projected_orders(nc: NATS) -> int:
+    return int((await call(nc, "queries.order.list", {"limit": 1}))["data"]["total"])
+
+
+def _status_kib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return float("nan")
