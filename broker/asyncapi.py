@@ -89,16 +89,6 @@ EVENT_REQUIRED = (
     ce.NATS_MSG_ID,
 )
 #: What ``cloudevents.encode_context(reply_context(…))`` always sets on a reply.
-REPLY_REQUIRED = (
-    ce.H_SPECVERSION,
-    ce.H_ID,
-    ce.H_TYPE,
-    ce.H_SOURCE,
-    ce.H_TIME,
-    ce.H_CONTENT_TYPE,
-    ce.H_CORRELATION,
-    ce.H_CAUSATION,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +239,6 @@ def asyncapi_document() -> dict[str, Any]:
                 CE_HEADERS, (), "None required: the service fills in what is missing."
             ),
             "EventHeaders": _headers_schema(EVENT_HEADERS, EVENT_REQUIRED, "Set by the relay."),
-            "ReplyHeaders": _headers_schema(CE_HEADERS, REPLY_REQUIRED, "Set by the service."),
             **_reply_schemas(),
         },
     )
@@ -258,10 +247,8 @@ def asyncapi_document() -> dict[str, Any]:
         REPLY_MESSAGE: {
             "name": "reply",
             "title": "Reply",
-            "summary": "The reply to a command or query; ce-type is the request's type + .reply.",
-            "headers": {"$ref": SCHEMAS + "ReplyHeaders"},
+            "summary": "The reply to a command or query, sent without headers.",
             "payload": {"$ref": SCHEMAS + REPLY_MESSAGE},
-            "correlationId": correlation,
         }
     }
     channels: dict[str, Any] = {

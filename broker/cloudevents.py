@@ -6,12 +6,12 @@ headers at all, and must still work, so every missing attribute gets a sensible 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from broker.subjects import stream_id, type_from_subject
 from domain.event_store import RecordedEvent
+from domain.ids import new_id
 from domain.metadata import MessageContext, parse_metadata
 
 SPECVERSION = "1.0"
@@ -42,12 +42,12 @@ def now_iso() -> str:
 def decode_context(subject: str, headers: Mapping[str, str] | None) -> MessageContext:
     """Attributes of an incoming message; blanks become a new id, the subject's type, …"""
     h = headers or {}
-    message_id = h.get(H_ID) or str(uuid.uuid4())
+    message_id = h.get(H_ID) or new_id()
     return MessageContext(
         id=message_id,
         type=h.get(H_TYPE) or type_from_subject(subject),
         source=h.get(H_SOURCE) or "unknown",
-        time=h.get(H_TIME) or now_iso(),
+        time=h.get(H_TIME),
         correlation_id=h.get(H_CORRELATION) or message_id,
         causation_id=h.get(H_CAUSATION),
         subject=h.get(H_SUBJECT),
@@ -64,7 +64,7 @@ def encode_context(ctx: MessageContext) -> dict[str, str]:
         H_ID: ctx.id,
         H_SOURCE: ctx.source,
         H_TYPE: ctx.type,
-        H_TIME: ctx.time,
+        H_TIME: ctx.time or now_iso(),
         H_CONTENT_TYPE: CONTENT_TYPE,
         H_CORRELATION: ctx.correlation_id,
     }
@@ -77,22 +77,6 @@ def encode_context(ctx: MessageContext) -> dict[str, str]:
     }
     headers.update({k: v for k, v in optional.items() if v})
     return headers
-
-
-def reply_context(request: MessageContext, source: str) -> MessageContext:
-    """A reply is caused by its request and continues its correlation and trace."""
-    return MessageContext(
-        id=str(uuid.uuid4()),
-        type=f"{request.type}.reply",
-        source=source,
-        time=now_iso(),
-        correlation_id=request.correlation_id,
-        causation_id=request.id,
-        subject=request.subject,
-        traceparent=request.traceparent,
-        tracestate=request.tracestate,
-        baggage=request.baggage,
-    )
 
 
 def event_headers(event: RecordedEvent) -> dict[str, str]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from domain.ids import new_uuid
+
 
 class StreamState(enum.Enum):
     """Expected-revision sentinels, as EventStoreDB names them."""
@@ -35,7 +37,7 @@ class NewEvent:
     type: str
     data: bytes
     metadata: bytes = b"{}"
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=new_uuid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ class MessageContext:
     id: str
     type: str
     source: str
-    time: str
     correlation_id: str
+    time: str | None = None
     causation_id: str | None = None
     subject: str | None = None
     traceparent: str | None = None

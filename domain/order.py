@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -11,6 +10,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from domain.errors import InvalidState, OrderAlreadyExists, OrderNotFound, ProductNotFound
+from domain.ids import new_uuid
 from domain.messages import Command, Event, Identifier, Message
 from domain.money import Money
 from domain.product import Product, Quantity
@@ -23,7 +23,7 @@ def stream_name(order_id: str) -> str:
 
 
 def new_order_id() -> str:
-    return f"o-{uuid.uuid4().hex[:12]}"
+    return f"o-{new_uuid().hex[:12]}"
 
 
 class OrderLine(Message):

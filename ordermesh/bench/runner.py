@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from ordermesh.app import SERVICES, App
 from ordermesh.bench import raw, system
 from ordermesh.bench.measure import Result
 from ordermesh.config import Settings
+
+#: Commands spread over this many products, so 64 in flight do not all queue on one stream.
+PRODUCTS = 100
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,12 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 done(await raw.jetstream_publish(server.url, in_flight=w, duration=plan.duration))
 
             progress.print("[bold]ordermesh[/]")
-            app = App(Settings(nats_url=server.url, data_dir=root / "data"), SERVICES)
+            # The command service alone, as `ordermesh run command` deploys it.
+            app = App(Settings(nats_url=server.url, data_dir=root / "commands"), ("command",))
             await app.start()
             client = await nats.connect(server.url)
             try:
-                products = await system.seed_products(client, 20)
+                products = await system.seed_products(client, PRODUCTS)
                 for command in ("product.restock", "order.place"):
                     for c in (1, 64):
                         done(
@@ -72,6 +77,15 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                                 client, command, products, concurrency=c, duration=plan.duration
                             )
                         )
+            finally:
+                await client.close()
+                await app.stop()
+            # Everything in one process, as `ordermesh up` runs it.
+            app = App(Settings(nats_url=server.url, data_dir=root / "data"), SERVICES)
+            await app.start()
+            client = await nats.connect(server.url)
+            try:
+                products = await system.seed_products(client, PRODUCTS)
                 for r in await system.read_model_latency(
                     client,
                     app,
@@ -125,7 +139,11 @@ def report(results: list[Result], plan: Plan, quick: bool) -> dict[str, Any]:
 def table(results: list[Result]) -> Table:
     t = Table(title="ordermesh bench", show_lines=False)
     for col in ("case", "value", "unit", "baseline", "ratio", "target", "verdict"):
-        t.add_column(col, justify="right" if col in {"value", "ratio", "target"} else "left")
+        t.add_column(
+            col,
+            justify="right" if col in {"value", "ratio", "target"} else "left",
+            no_wrap=col in {"case", "baseline"},
+        )
     for r in results:
         target = (
             ""
@@ -147,7 +165,8 @@ def table(results: list[Result]) -> Table:
 
 
 async def bench(quick: bool) -> dict[str, Any]:
-    console = Console()
+    # Wide enough for the case names when piped to a file, as `make bench` output often is.
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     progress = Console(stderr=True)
     logger.disable("broker")
     plan = Plan.of(quick)

@@ -56,12 +56,12 @@ def order_body(order_id: str, product_id: str) -> dict[str, Any]:
 async def command_rate(
     nc: NATS, command: str, products: list[str], *, concurrency: int, duration: float
 ) -> Result:
-    """Acknowledged commands per second; restocks hit one product, orders are all new."""
+    """Acknowledged commands per second, spread over the products; every order is new."""
     run = uuid.uuid4().hex[:6]
 
     def body(i: int) -> dict[str, Any]:
         if command == "product.restock":
-            return {"product_id": products[0], "quantity": 1}
+            return {"product_id": products[i % len(products)], "quantity": 1}
         return order_body(f"{run}-{i}", products[i % len(products)])
 
     async def op(i: int) -> None:

@@ -117,9 +117,7 @@ async def test_cloudevents_headers_are_carried_through(app: App, nc: NATS) -> No
         "commands.order.place", json.dumps(ORDER).encode(), timeout=10, headers=headers
     )
     assert json.loads(msg.data)["ok"] is True
-    assert msg.headers["ce-causationid"] == "cmd-123"
-    assert msg.headers["ce-correlationid"] == "corr-9"
-    assert msg.headers["traceparent"] == traceparent
+    assert not msg.headers  # replies are bare: the requester knows its own ids
     msgs = await eventually(lambda: _at_least(nc, 2))
     placed = msgs[1].headers
     assert placed["ce-causationid"] == "cmd-123"

@@ -1,0 +1,61 @@
+"""``ordermesh bench --quick`` keeps the harness working; speeds are never asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_processes import ORDERMESH, env_for
+
+EXPECTED = {
+    "raw.request_reply.c1": None,
+    "raw.request_reply.c64": None,
+    "raw.publish_subscribe": None,
+    "raw.jetstream_publish.w1": None,
+    "raw.jetstream_publish.w256": None,
+    "command.product.restock.c1": "raw.request_reply.c1",
+    "command.product.restock.c64": "raw.request_reply.c64",
+    "command.order.place.c1": "raw.request_reply.c1",
+    "command.order.place.c64": "raw.request_reply.c64",
+    "read_model.latency_at_200": None,
+    "read_model.max_rate_p99_under_100ms": None,
+    "relay.store_to_jetstream": "raw.jetstream_publish.w256",
+    "memory.up_peak_rss_after_1000_orders": None,
+}
+
+
+@pytest.mark.timeout(300)
+async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = await asyncio.create_subprocess_exec(
+        ORDERMESH,
+        "bench",
+        "--quick",
+        "--json",
+        str(out),
+        env=env_for(tmp_path / "data"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 280)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["quick"] is True
+    cases = doc["cases"]
+    assert set(cases) == set(EXPECTED)
+    for name, baseline in EXPECTED.items():
+        case = cases[name]
+        # "It ran", not a speed: the highest passing rate may honestly be 0 on a busy machine.
+        assert case["value"] >= 0 if name.startswith("read_model.max") else case["value"] > 0
+        assert case["baseline"] == baseline
+        if baseline is not None:
+            expected_ratio = case["value"] / cases[baseline]["value"]
+            assert case["ratio"] == pytest.approx(expected_ratio, rel=1e-2)
+    latency = cases["read_model.latency_at_200"]
+    assert latency["applied"] == latency["sent"] > 0
+    assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
+    assert set(doc["pending"]) == {"tracing.on_off", "saga.confirmed_per_second", "tap.json_lines"}
+    assert "command.product.restock.c64" in stdout.decode()
