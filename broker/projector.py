@@ -1,4 +1,9 @@
-"""Feeds one projection from ``EVENTS`` through an ordered consumer.
+"""Feeds the projections of one read-model database from ``EVENTS``, through one
+ordered consumer.
+
+One subscription for all of them: every message is parsed once (header parsing is
+the costliest part of receiving an event in nats-py) and each batch is applied to
+every projection in one transaction, one thread hop.
 
 The position in ``EVENTS`` lives with the read model, not in a durable consumer:
 each batch is applied in one read-model transaction together with its checkpoint
@@ -62,11 +67,14 @@ def recorded_from_msg(msg: Msg) -> RecordedEvent:
 
 
 def _apply_in_transaction(
-    db: sqlite3.Connection, projection: Projection, batch: list[RecordedEvent], sequence: int
+    db: sqlite3.Connection,
+    projections: list[Projection],
+    batch: list[RecordedEvent],
+    sequence: int,
 ) -> int:
     db.execute("BEGIN IMMEDIATE")
     try:
-        applied = apply_batch(db, projection, batch, sequence)
+        applied = sum(apply_batch(db, p, batch, sequence) for p in projections)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -79,14 +87,15 @@ class Projector:
         self,
         nc: NATS,
         db: Database,
-        projection: Projection,
+        projections: list[Projection],
         *,
         batch: int = DEFAULT_BATCH,
         on_commit: CommitHook | None = None,
     ) -> None:
         self._js = nc.jetstream()
         self._db = db
-        self.projection = projection
+        self.projections = projections
+        self.name = "+".join(p.name for p in projections)
         self._batch = batch
         #: Called with each batch once it is committed (benchmarks observe latency here;
         #: tests inject faults).
@@ -97,7 +106,7 @@ class Projector:
 
     async def start(self) -> None:
         await ensure_streams(self._js)
-        self._task = asyncio.create_task(self._run(), name=f"projector-{self.projection.name}")
+        self._task = asyncio.create_task(self._run(), name=f"projector-{self.name}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -107,8 +116,9 @@ class Projector:
             self._task = None
 
     async def checkpoint(self) -> Checkpoint:
-        name = self.projection.name
-        return await self._db.run(lambda db: checkpoint(db, name))
+        """The least advanced projection's checkpoint: where the feed must resume."""
+        names = [p.name for p in self.projections]
+        return await self._db.run(lambda db: min(checkpoint(db, n) for n in names))
 
     async def _run(self) -> None:
         while True:
@@ -132,7 +142,7 @@ class Projector:
                 # e.g. the read-model file is locked by a rebuild: resume from the checkpoint.
                 self.restarts += 1
                 logger.opt(exception=exc).error(
-                    "projector {} failed; resuming from its checkpoint", self.projection.name
+                    "projector {} failed; resuming from its checkpoint", self.name
                 )
                 await asyncio.sleep(RESTART_DELAY)
             finally:
@@ -158,13 +168,13 @@ class Projector:
             except (KeyError, ValueError):
                 logger.warning(
                     "projector {} skipped {} without ordermesh headers",
-                    self.projection.name,
+                    self.name,
                     msg.subject,
                 )
         sequence = msgs[-1].metadata.sequence.stream
-        projection = self.projection
+        projections = self.projections
         self.applied += await self._db.run(
-            lambda db: _apply_in_transaction(db, projection, batch, sequence)
+            lambda db: _apply_in_transaction(db, projections, batch, sequence)
         )
         if self.on_commit is not None:
             self.on_commit(batch)

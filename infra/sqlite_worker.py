@@ -62,15 +62,3 @@ class SQLiteWorker:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=False)
-
-
-def transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` inside ``BEGIN IMMEDIATE … COMMIT``; roll back on any error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(db)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return result

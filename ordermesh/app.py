@@ -96,7 +96,7 @@ class App:
             return [Relay(self.nc, self.store)]
         if name == "projections":
             assert self.read_models is not None
-            return [Projector(self.nc, self.read_models, p) for p in all_projections()]
+            return [Projector(self.nc, self.read_models, all_projections())]
         assert self.read_models is not None
         return [query_service(self.nc, self.read_models, max_payload=limit)]
 

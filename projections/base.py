@@ -37,7 +37,7 @@ class Projection(Protocol):
     def apply(self, db: sqlite3.Connection, event: Event, recorded: RecordedEvent) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Checkpoint:
     position: int = 0
     """Global store position of the last event applied."""

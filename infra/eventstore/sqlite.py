@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from domain.event_store import (
@@ -29,7 +29,7 @@ from domain.event_store import (
     StreamState,
     WrongExpectedRevision,
 )
-from infra.sqlite_worker import SQLiteWorker, transaction
+from infra.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ class SQLiteEventStore:
         self._worker = worker
         self._poll_interval = poll_interval
         self._appended = asyncio.Event()
-        self._queue: list[_PendingAppend] = []
+        self._queue: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -125,54 +125,60 @@ class SQLiteEventStore:
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_PendingAppend(stream, list(events), expected_revision, future))
+        batch = list(events)
+        result: AppendResult = await self._submit(
+            lambda db: _append(db, stream, batch, expected_revision), writes=True
+        )
+        return result
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], Any], *, writes: bool) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(run, writes, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
-        """Group commit: every append queued while the previous commit ran shares one.
+        """Group commit: everything queued while the worker was busy shares one hop.
 
-        Each append keeps its own savepoint, so one append's conflict fails only that
-        append; one commit (one fsync, one thread hop) then serves the whole group.
+        Appends share one transaction, each in its own savepoint, so one append's
+        conflict fails only that append; one commit (one thread hop, one WAL sync)
+        serves the whole group, and stream reads queued meanwhile ride along.
         """
         try:
             while self._queue:
                 group, self._queue = self._queue, []
                 try:
-                    outcomes = await self._run(
-                        functools.partial(
-                            transaction, fn=functools.partial(_append_group, group=group)
-                        )
-                    )
+                    outcomes = await self._run(functools.partial(_run_group, group=group))
                 except BaseException as exc:
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for item, outcome in zip(group, outcomes, strict=True):
-                    if item.future.done():
+                for job, outcome in zip(group, outcomes, strict=True):
+                    if job.future.done():
                         continue
-                    if isinstance(outcome, AppendResult):
-                        item.future.set_result(outcome)
+                    if isinstance(outcome, Exception):
+                        job.future.set_exception(outcome)
                     else:
-                        item.future.set_exception(outcome)
-                self._wake_subscribers()
+                        job.future.set_result(outcome)
+                if any(job.writes for job in group):
+                    self._wake_subscribers()
         finally:
             self._flusher = None
 
     # -- reads ----------------------------------------------------------------------------
 
     async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
-        rows = await self._run(
+        rows = await self._submit(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND revision >= ?"
                 " ORDER BY revision",
                 (stream, from_revision),
-            ).fetchall()
+            ).fetchall(),
+            writes=False,
         )
         return [_row_to_event(r) for r in rows]
 
@@ -216,25 +222,36 @@ class SQLiteEventStore:
 
 
 @dataclass(slots=True)
-class _PendingAppend:
-    stream: str
-    events: list[NewEvent]
-    expected: ExpectedRevision
-    future: asyncio.Future[AppendResult]
+class _Job:
+    run: Callable[[sqlite3.Connection], Any]
+    writes: bool
+    future: asyncio.Future[Any]
 
 
-def _append_group(
-    db: sqlite3.Connection, group: list[_PendingAppend]
-) -> list[AppendResult | Exception]:
-    outcomes: list[AppendResult | Exception] = []
-    for item in group:
-        db.execute("SAVEPOINT one_append")
-        try:
-            outcomes.append(_append(db, item.stream, item.events, item.expected))
-        except (WrongExpectedRevision, sqlite3.IntegrityError) as exc:
-            db.execute("ROLLBACK TO one_append")
-            outcomes.append(exc)
-        db.execute("RELEASE one_append")
+def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
+    """Run a group in the worker thread; an append's conflict is its outcome, not an abort."""
+    writes = any(job.writes for job in group)
+    if writes:
+        db.execute("BEGIN IMMEDIATE")
+    outcomes: list[Any] = []
+    try:
+        for job in group:
+            if not job.writes:
+                outcomes.append(job.run(db))
+                continue
+            db.execute("SAVEPOINT job")
+            try:
+                outcomes.append(job.run(db))
+            except (WrongExpectedRevision, sqlite3.IntegrityError) as exc:
+                db.execute("ROLLBACK TO job")
+                outcomes.append(exc)
+            db.execute("RELEASE job")
+    except BaseException:
+        if writes:
+            db.execute("ROLLBACK")
+        raise
+    if writes:
+        db.execute("COMMIT")
     return outcomes
 
 

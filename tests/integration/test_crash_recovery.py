@@ -123,7 +123,7 @@ async def test_projector_crash_after_commit_applies_once(
         projector = Projector(
             app.nc,  # type: ignore[arg-type]
             app.read_models,
-            ProductProjection(),
+            [ProductProjection()],
             batch=4,
             on_commit=crash_after_commit,
         )
@@ -167,7 +167,7 @@ async def test_replayed_events_are_skipped_by_position(
         await app.read_models.run(
             lambda db: db.execute("UPDATE projection_checkpoints SET sequence = 0")
         )
-        replayer = Projector(app.nc, app.read_models, ProductProjection())  # type: ignore[arg-type]
+        replayer = Projector(app.nc, app.read_models, [ProductProjection()])  # type: ignore[arg-type]
         await replayer.start()
         try:
 
