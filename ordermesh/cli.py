@@ -14,6 +14,7 @@ from rich.console import Console
 
 from broker.asyncapi import asyncapi_json
 from infra.eventstore import open_event_store
+from ordermesh import runtime
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
@@ -44,7 +45,7 @@ def _serve(application: App, on_ready: str | None = None) -> None:
         finally:
             await application.stop()
 
-    asyncio.run(main())
+    runtime.run(main())
 
 
 def _banner(application: App) -> None:
@@ -134,7 +135,7 @@ def bench(
     from ordermesh.bench.runner import bench as run_bench
 
     configure_logging("ordermesh-bench", level="WARNING")
-    doc = asyncio.run(run_bench(quick))
+    doc = runtime.run(run_bench(quick))
     if json_file is not None:
         json_file.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_file}")
@@ -166,7 +167,7 @@ def projections_rebuild(
             await db.close()
             await store.close()
 
-    asyncio.run(main())
+    runtime.run(main())
 
 
 @projections_app.command("status")
@@ -183,7 +184,7 @@ def projections_status() -> None:
         finally:
             await db.close()
 
-    asyncio.run(main())
+    runtime.run(main())
 
 
 def main() -> None:
