@@ -111,6 +111,9 @@ jetstream {{
             stdout=log,
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal reaches ordermesh only, which then
+            # closes its connections before it stops the server, not after.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT

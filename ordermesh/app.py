@@ -81,7 +81,7 @@ class App:
             for component in self._build(name):
                 await component.start()
                 self.components.append(component)
-        logger.info("ordermesh running: {} on {}", ", ".join(self.services), self.nats_url)
+        logger.info("running {} on {}", ", ".join(self.services), self.nats_url)
 
     def _build(self, name: str) -> list[Component]:
         assert self.nc is not None

@@ -49,11 +49,20 @@ def _json_line(record: Record) -> str:
     return "{extra[_json]}\n"
 
 
-_TEXT = (
-    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>{extra[service]}</cyan> {message} "
-    "<dim>trace={extra[trace_id]} corr={extra[correlation_id]}</dim>\n{exception}"
-)
+def _text_line(record: Record) -> str:
+    """Readable in a terminal; the ids appear only when a record has them."""
+    ids = " ".join(
+        f"{key.removesuffix('_id')}={record['extra'][key]}"
+        for key in ("trace_id", "correlation_id")
+        if record["extra"].get(key)
+    )
+    suffix = f" <dim>{ids}</dim>" if ids else ""
+    return (
+        "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+        "<cyan>{extra[service]}</cyan> {message}"
+        + suffix.replace("{", "{{").replace("}", "}}")
+        + "\n{exception}"
+    )
 
 
 def configure_logging(service: str, *, level: str | None = None, fmt: str | None = None) -> None:
@@ -66,5 +75,5 @@ def configure_logging(service: str, *, level: str | None = None, fmt: str | None
     if fmt == "json":
         logger.add(sys.stderr, level=level, format=_json_line, backtrace=False, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level, format=_TEXT, backtrace=False, diagnose=False)
+        logger.add(sys.stderr, level=level, format=_text_line, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)

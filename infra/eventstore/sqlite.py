@@ -191,13 +191,6 @@ class SQLiteEventStore:
         )
         return [_row_to_event(r) for r in rows]
 
-    async def head_position(self) -> int:
-        """Global position of the newest event (0 when empty); used to report lag."""
-        row = await self._run(
-            lambda db: db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-        )
-        return int(row[0])
-
     async def subscribe_all(self, after: int = 0) -> AsyncIterator[RecordedEvent]:
         position = after
         while True:
