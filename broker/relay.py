@@ -7,14 +7,18 @@ After a crash it resumes there; anything published twice inside JetStream's dupl
 window is dropped by ``Nats-Msg-Id``. Run one relay per store: two would interleave.
 
 Publishing is pipelined: up to ``window`` publishes wait for their acks while the next
-events go out, and acks are checked in order by a second task.
+events go out; acks are handled in callbacks, and a watchdog fails the relay (which
+then restarts from its checkpoint) if they stop coming.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from loguru import logger
 from nats.aio.client import Client as NATS
@@ -102,50 +106,58 @@ class Relay:
                 await asyncio.sleep(RESTART_DELAY)
 
     async def _pump(self, after: int) -> None:
+        """Publish from ``after`` on; return only by raising (a failed or stalled ack)."""
         slots = asyncio.Semaphore(self._window)
-        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]] = asyncio.Queue()
-        publisher = asyncio.create_task(self._publish(after, slots, acks))
-        acker = asyncio.create_task(self._check_acks(slots, acks))
-        try:
-            done, _ = await asyncio.wait({publisher, acker}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in (publisher, acker):
-                task.cancel()
-            await asyncio.gather(publisher, acker, return_exceptions=True)
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        progress = _Progress()
 
-    async def _publish(
-        self,
-        after: int,
-        slots: asyncio.Semaphore,
-        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]],
-    ) -> None:
-        async for event in self._store.subscribe_all(after):
-            await slots.acquire()
-            future = await self._js.publish_async(
-                event_subject(event.type), event.data, headers=event_headers(event)
-            )
-            acks.put_nowait((event, future))
-
-    async def _check_acks(
-        self,
-        slots: asyncio.Semaphore,
-        acks: asyncio.Queue[tuple[RecordedEvent, asyncio.Future[PubAck]]],
-    ) -> None:
-        while True:
-            event, future = await acks.get()
+        def acked(event: RecordedEvent, future: asyncio.Future[PubAck]) -> None:
+            slots.release()
+            progress.outstanding -= 1
+            progress.last = time.monotonic()
+            if future.cancelled() or failed.done():
+                return
             try:
-                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
-                # that arrives together with the ack, and stop() would hang.
-                async with asyncio.timeout(ACK_TIMEOUT):
-                    ack = await future
-            finally:
-                slots.release()
-            self.position = event.position
-            if ack.duplicate:
-                self.duplicates += 1
-            else:
-                self.published += 1
-            if self.on_acked is not None:
-                self.on_acked(event)
+                ack = future.result()
+                self.position = max(self.position, event.position)
+                if ack.duplicate:
+                    self.duplicates += 1
+                else:
+                    self.published += 1
+                if self.on_acked is not None:
+                    self.on_acked(event)
+            except Exception as exc:
+                failed.set_exception(exc)
+
+        async def publish() -> None:
+            async for event in self._store.subscribe_all(after):
+                await slots.acquire()
+                future = await self._js.publish_async(
+                    event_subject(event.type), event.data, headers=event_headers(event)
+                )
+                progress.outstanding += 1
+                future.add_done_callback(functools.partial(acked, event))
+
+        async def watch() -> None:
+            # JetStream futures have no deadline of their own: fail if acks stop coming.
+            while True:
+                await asyncio.sleep(ACK_TIMEOUT / 4)
+                if progress.outstanding and time.monotonic() - progress.last > ACK_TIMEOUT:
+                    raise TimeoutError(f"no JetStream ack for {ACK_TIMEOUT} s")
+
+        tasks = [asyncio.create_task(publish()), asyncio.create_task(watch())]
+        try:
+            await asyncio.wait([*tasks, failed], return_when=asyncio.FIRST_COMPLETED)
+            for done in (failed, *tasks):
+                if done.done():
+                    done.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class _Progress:
+    outstanding: int = 0
+    last: float = field(default_factory=time.monotonic)
