@@ -28,12 +28,12 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from broker import cloudevents as ce
 from broker.jetstream import ensure_streams
 from broker.subjects import ALL_EVENTS, EVENTS_STREAM
+from broker.tasks import cancel_and_wait
 from domain.event_store import RecordedEvent
 from projections.base import Checkpoint, Projection, apply_batch, checkpoint
 
@@ -110,9 +110,7 @@ class Projector:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def checkpoint(self) -> Checkpoint:
@@ -150,14 +148,12 @@ class Projector:
                     await sub.unsubscribe()
 
     async def _consume(self, sub: Subscription) -> None:
+        # timeout=None everywhere: nats-py wraps any other timeout in asyncio.wait_for,
+        # which on Python 3.11 can swallow our cancellation and make stop() hang.
         while True:
-            try:
-                first = await sub.next_msg(timeout=None)
-            except NatsTimeoutError:
-                continue
-            msgs = [first]
+            msgs = [await sub.next_msg(timeout=None)]
             while len(msgs) < self._batch and sub.pending_msgs > 0:
-                msgs.append(await sub.next_msg())
+                msgs.append(await sub.next_msg(timeout=None))
             await self._handle(msgs)
 
     async def _handle(self, msgs: list[Msg]) -> None:

@@ -14,7 +14,6 @@ then restarts from its checkpoint) if they stop coming.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from nats.js.errors import NotFoundError
 from broker.cloudevents import H_POSITION, event_headers
 from broker.jetstream import ensure_streams
 from broker.subjects import ALL_EVENTS, EVENTS_STREAM, event_subject
+from broker.tasks import cancel_and_wait
 from domain.event_store import EventStore, RecordedEvent
 
 DEFAULT_WINDOW = 256
@@ -64,9 +64,7 @@ class Relay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def wait(self) -> None:
@@ -153,8 +151,7 @@ class Relay:
                     done.result()
         finally:
             for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(task)
 
 
 @dataclass
