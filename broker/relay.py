@@ -46,7 +46,6 @@ class Relay:
         window: int = DEFAULT_WINDOW,
         on_acked: AckHook | None = None,
     ) -> None:
-        self._nc = nc
         self._js = nc.jetstream()
         self._store = store
         self._window = window
@@ -66,11 +65,6 @@ class Relay:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
-
-    async def wait(self) -> None:
-        """Wait for the relay task to end (it ends only by error or by :meth:`stop`)."""
-        if self._task is not None:
-            await self._task
 
     async def checkpoint(self) -> int:
         """The store position of the last event in ``EVENTS`` (0 when it is empty)."""

@@ -1,9 +1,10 @@
 """Load → decide → append, with optimistic concurrency and idempotency on the command id.
 
-Every command touches exactly one stream. The executor reads it, folds it into the
-aggregate, lets the domain decide, and appends with the revision it read as the
-expected revision. Another writer in between (another process, another replica)
-makes the append fail; we reload and decide again a bounded number of times.
+Every command touches exactly one stream. The executor folds it into the aggregate
+(kept in a cache between commands), lets the domain decide, and appends with the
+folded revision as the expected revision. Another writer in between (another process,
+another replica) makes the append fail; the executor folds the new events and decides
+again, a bounded number of times.
 
 Idempotency needs no extra table: each stored event records the id of the command
 that caused it. A resent command finds its own events in the stream's history, and
