@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from nats.aio.client import Client as NATS
@@ -27,6 +27,9 @@ from domain.errors import CodedError
 from domain.event_store import EventStoreUnavailable
 from domain.metadata import MessageContext
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 DEFAULT_CONCURRENCY = 256
 
@@ -37,6 +40,14 @@ class Route:
 
     model: type[BaseModel]
     call: Callable[[Any, MessageContext], Awaitable[Any]]
+
+
+def _log(ctx: MessageContext, msg_type: str) -> Logger:
+    """A logger carrying the request's ids, bound only when something is logged: binding
+    on every message cost more than validating it."""
+    return logger.bind(
+        trace_id=ctx.trace_id, correlation_id=ctx.correlation_id, message_type=msg_type
+    )
 
 
 class RequestService:
@@ -94,28 +105,25 @@ class RequestService:
     async def _handle(self, msg: Msg) -> None:
         ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)
-        with logger.contextualize(
-            trace_id=ctx.trace_id, correlation_id=ctx.correlation_id, message_type=msg_type
-        ):
-            reply = await self._answer(msg, msg_type, ctx)
-            if msg.reply:
-                # No headers: the requester knows its own ids, and parsing headers is the
-                # most expensive part of a small reply for every NATS client.
-                await self._nc.publish(msg.reply, reply)
-            else:
-                logger.debug("no reply subject for {}; result dropped", msg_type)
+        reply = await self._answer(msg, msg_type, ctx)
+        if msg.reply:
+            # No headers: the requester knows its own ids, and parsing headers is the
+            # most expensive part of a small reply for every NATS client.
+            await self._nc.publish(msg.reply, reply)
+        else:
+            _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
 
     async def _answer(self, msg: Msg, msg_type: str, ctx: MessageContext) -> bytes:
         try:
             data = await self._dispatch(msg, msg_type, ctx)
         except CodedError as exc:
-            logger.warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
+            _log(ctx, msg_type).warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
             return replies.error(exc.code, exc.message, exc.details)
         except EventStoreUnavailable as exc:
-            logger.error("event store unavailable: {}", exc)
+            _log(ctx, msg_type).error("event store unavailable: {}", exc)
             return replies.error(replies.STORE_UNAVAILABLE, "event store unavailable")
         except Exception:
-            logger.exception("{} failed", msg_type)
+            _log(ctx, msg_type).exception("{} failed", msg_type)
             return replies.error(replies.INTERNAL_ERROR, "internal error; see the service log")
         return replies.ok(data)
 
