@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import nats
 from loguru import logger
 from nats.aio.client import Client as NATS
 
+from broker.connection import connect
 from broker.projector import Projector
 from broker.relay import Relay
 from broker.service import RequestService
@@ -66,7 +66,7 @@ class App:
                 s.data_dir / "nats", port=s.nats_port, monitor_port=s.nats_monitor_port
             )
             await self.nats_server.start()
-        self.nc = await nats.connect(
+        self.nc = await connect(
             self.nats_url,
             name=f"ordermesh-{'+'.join(self.services)}",
             max_reconnect_attempts=-1,

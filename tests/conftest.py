@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
@@ -30,7 +30,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
 
 @pytest.fixture
 async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
+    client = await connect(nats_server.url)
     try:
         yield client
     finally:

@@ -10,6 +10,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StorageType, StreamConfig
 
+from broker.connection import connect
 from ordermesh.bench.measure import Result, closed_loop
 
 BODY = b"x" * 200
@@ -17,8 +18,8 @@ DRAIN_TIMEOUT = 10.0
 
 
 async def request_reply(url: str, *, concurrency: int, duration: float) -> Result:
-    responder = await nats.connect(url)
-    client = await nats.connect(url)
+    responder = await connect(url)
+    client = await connect(url)
     try:
 
         async def echo(msg: Msg) -> None:
@@ -48,8 +49,8 @@ async def request_reply(url: str, *, concurrency: int, duration: float) -> Resul
 
 async def publish_subscribe(url: str, *, duration: float) -> Result:
     """Publish as fast as possible for ``duration``; rate is what the subscriber received."""
-    subscriber = await nats.connect(url, pending_size=512 * 1024 * 1024)
-    publisher = await nats.connect(url)
+    subscriber = await connect(url, pending_size=512 * 1024 * 1024)
+    publisher = await connect(url)
     received = 0
     last = 0.0
     target: int | None = None
@@ -99,7 +100,7 @@ async def publish_subscribe(url: str, *, duration: float) -> Result:
 
 
 async def jetstream_publish(url: str, *, in_flight: int, duration: float) -> Result:
-    nc = await nats.connect(url)
+    nc = await connect(url)
     js = nc.jetstream(publish_async_max_pending=max(in_flight, 1))
     stream = f"BENCH_RAW_{in_flight}"
     await js.add_stream(

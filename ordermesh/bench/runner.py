@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 from loguru import logger
 from rich.console import Console
 from rich.table import Table
 
+from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer, nats_server_binary
 from ordermesh import __version__
 from ordermesh.app import SERVICES, App
@@ -67,7 +67,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             # The command service alone, as `ordermesh run command` deploys it.
             app = App(Settings(nats_url=server.url, data_dir=root / "commands"), ("command",))
             await app.start()
-            client = await nats.connect(server.url)
+            client = await connect(server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
                 for command in ("product.restock", "order.place"):
@@ -83,7 +83,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             # Everything in one process, as `ordermesh up` runs it.
             app = App(Settings(nats_url=server.url, data_dir=root / "data"), SERVICES)
             await app.start()
-            client = await nats.connect(server.url)
+            client = await connect(server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
                 for r in await system.read_model_latency(
@@ -97,7 +97,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             finally:
                 await client.close()
                 await app.stop()
-            client = await nats.connect(server.url)
+            client = await connect(server.url)
             try:
                 done(await system.relay_rate(client, root, events=plan.relay_events))
             finally:

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
+from broker.connection import connect
 from broker.projector import Projector
 from broker.relay import Relay
 from domain.event_store import NewEvent, RecordedEvent, StreamState
@@ -280,7 +280,7 @@ async def peak_rss_of_up(*, orders: int, concurrency: int = 64) -> Result:
             async with asyncio.timeout(60):
                 while b"Ctrl-C" not in await proc.stdout.readline():
                     pass
-            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            nc = await connect(f"nats://127.0.0.1:{port}")
             try:
                 products = await seed_products(nc, 10)
                 run = uuid.uuid4().hex[:6]

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError as JsNotFoundError
 
+from broker.connection import connect
 from domain.event_store import RecordedEvent
 from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import EmbeddedNatsServer, free_port
@@ -79,7 +79,7 @@ async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> N
         assert f"nats://127.0.0.1:{port}" in text
         assert f"http://127.0.0.1:{monitor}" in text
         assert "events.db" in text and "readmodels.db" in text
-        client = await nats.connect(f"nats://127.0.0.1:{port}")
+        client = await connect(f"nats://127.0.0.1:{port}")
         try:
             created = await request(client, "commands.product.create", WIDGET)
             assert created["ok"], created
