@@ -141,9 +141,9 @@ class SQLiteEventStore:
     async def _flush(self) -> None:
         """Group commit: everything queued while the worker was busy shares one hop.
 
-        Appends share one transaction, each in its own savepoint, so one append's
-        conflict fails only that append; one commit (one thread hop, one WAL sync)
-        serves the whole group, and stream reads queued meanwhile ride along.
+        Appends share one transaction; one append's conflict fails only that append
+        (it wrote nothing); one commit (one thread hop, one WAL sync) serves the whole
+        group, and stream reads queued meanwhile ride along.
         """
         try:
             while self._queue:
@@ -229,16 +229,12 @@ def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
     outcomes: list[Any] = []
     try:
         for job in group:
-            if not job.writes:
-                outcomes.append(job.run(db))
-                continue
-            db.execute("SAVEPOINT job")
             try:
                 outcomes.append(job.run(db))
             except (WrongExpectedRevision, sqlite3.IntegrityError) as exc:
-                db.execute("ROLLBACK TO job")
+                # Nothing of this job was written: the check comes first, and an append
+                # is one INSERT statement, which SQLite applies whole or not at all.
                 outcomes.append(exc)
-            db.execute("RELEASE job")
     except BaseException:
         if writes:
             db.execute("ROLLBACK")
@@ -257,23 +253,18 @@ def _append(
     _check_expected(stream, expected, current)
     recorded_at = datetime.now(UTC).isoformat()
     first = 0 if current is None else current + 1
-    rows = [
-        (str(e.id), stream, first + i, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
-        for i, e in enumerate(events)
-    ]
-    try:
-        db.executemany(
-            "INSERT INTO events (event_id, stream, revision, type, data, metadata, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-    except sqlite3.IntegrityError as exc:
-        # Another process won the race for this revision despite our check.
-        if "events.stream" in str(exc):
-            raise WrongExpectedRevision(stream, expected, current) from exc
-        raise
-    (position,) = db.execute("SELECT last_insert_rowid()").fetchone()
-    return AppendResult(revision=first + len(events) - 1, position=int(position))
+    values: list[object] = []
+    for i, e in enumerate(events):
+        values += (str(e.id), stream, first + i, e.type, e.data.decode(), e.metadata.decode())
+        values.append(recorded_at)
+    # One statement for all the events: atomic without a savepoint.
+    cursor = db.execute(
+        "INSERT INTO events (event_id, stream, revision, type, data, metadata, recorded_at)"
+        " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(events)),
+        values,
+    )
+    assert cursor.lastrowid is not None
+    return AppendResult(revision=first + len(events) - 1, position=cursor.lastrowid)
 
 
 def _check_expected(stream: str, expected: ExpectedRevision, current: int | None) -> None:
