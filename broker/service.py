@@ -75,7 +75,6 @@ class RequestService:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
-        self.source = f"ordermesh.{name}"
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._pattern, queue=self._queue, cb=self._on_msg)

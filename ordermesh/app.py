@@ -7,7 +7,6 @@ in one process or many changes nothing but the process count.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,10 +121,3 @@ class App:
         if self.nats_server is not None:
             await self.nats_server.stop()
             self.nats_server = None
-
-    async def run_forever(self, stop: asyncio.Event) -> None:
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
