@@ -88,7 +88,6 @@ EVENT_REQUIRED = (
     ce.H_POSITION,
     ce.NATS_MSG_ID,
 )
-#: What ``cloudevents.encode_context(reply_context(…))`` always sets on a reply.
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,8 @@ class CommandExecutor:
         async with self._lock(stream):
             try:
                 return await self._execute(stream, new_state, decide, result, ctx)
+            except CodedError:
+                raise  # a refusal wrote nothing: the cached state is still right
             except BaseException:
                 # A failed append may still have been written (a timeout): forget the cache.
                 self._cache.pop(stream, None)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError as JsNotFoundError
 
 from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
@@ -64,6 +65,14 @@ async def request(
     reply = await client.request(subject, payload, timeout=timeout, headers=headers)
     decoded: dict[str, Any] = json.loads(reply.data)
     return decoded
+
+
+async def events_in_stream(client: NATS) -> int:
+    """Messages in ``EVENTS``; 0 while no relay has created it yet."""
+    try:
+        return int((await client.jetstream().stream_info("EVENTS")).state.messages)
+    except JsNotFoundError:
+        return 0
 
 
 async def eventually(

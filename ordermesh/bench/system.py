@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,23 +59,23 @@ async def command_rate(
     nc: NATS, command: str, products: list[str], *, concurrency: int, duration: float
 ) -> Result:
     """Acknowledged commands per second, spread over the products; every order is new."""
-    run = uuid.uuid4().hex[:6]
 
-    def body(i: int) -> dict[str, Any]:
-        if command == "product.restock":
-            return {"product_id": products[i % len(products)], "quantity": 1}
-        return order_body(f"{run}-{i}", products[i % len(products)])
+    def op_for(run: str) -> Callable[[int], Awaitable[object]]:
+        def body(i: int) -> dict[str, Any]:
+            if command == "product.restock":
+                return {"product_id": products[i % len(products)], "quantity": 1}
+            return order_body(f"{run}-{i}", products[i % len(products)])
 
-    async def op(i: int) -> None:
-        await call(nc, f"commands.{command}", body(i))
+        return lambda i: call(nc, f"commands.{command}", body(i))
 
-    warm = uuid.uuid4().hex[:6]
     await closed_loop(
-        lambda i: call(nc, f"commands.{command}", body(i) | _rename(command, warm, i)),
+        op_for(f"warm-{uuid.uuid4().hex[:6]}"),
         concurrency=concurrency,
         duration=min(duration, 0.3),
     )
-    done, elapsed = await closed_loop(op, concurrency=concurrency, duration=duration)
+    done, elapsed = await closed_loop(
+        op_for(uuid.uuid4().hex[:6]), concurrency=concurrency, duration=duration
+    )
     return Result(
         f"command.{command}.c{concurrency}",
         "command",
@@ -85,10 +87,6 @@ async def command_rate(
         baseline=f"raw.request_reply.c{concurrency}",
         target=0.25 if concurrency == 64 else None,
     )
-
-
-def _rename(command: str, prefix: str, i: int) -> dict[str, Any]:
-    return {} if command == "product.restock" else {"order_id": f"warm-{prefix}-{i}"}
 
 
 class ApplyClock:
@@ -260,8 +258,6 @@ async def relay_rate(nc: NATS, store_dir: Path, *, events: int) -> Result:
 
 async def peak_rss_of_up(*, orders: int, concurrency: int = 64) -> Result:
     """Peak RSS of a real ``ordermesh up`` process after ``orders`` orders are projected."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="ordermesh-bench-") as tmp:
         port, monitor = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")}

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
-from tests.conftest import eventually, request, settings_for
+from tests.conftest import events_in_stream, eventually, request, settings_for
 
 WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
 
@@ -125,7 +125,6 @@ async def test_resent_command_id_concurrently(app: App, nc: NATS) -> None:
     assert len(await app.store.read_stream("order-o-9")) == 1
 
     async def one_in_events() -> bool:
-        info = await nc.jetstream().stream_info("EVENTS")
-        return info.state.messages == 2
+        return await events_in_stream(nc) == 2
 
     await eventually(one_in_events)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError as JsNotFoundError
 
 from broker.projector import Projector
 from broker.relay import Relay
@@ -14,7 +13,7 @@ from domain.event_store import RecordedEvent
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
 from projections import ProductProjection
-from tests.conftest import eventually, request, settings_for
+from tests.conftest import events_in_stream, eventually, request, settings_for
 from tests.integration.test_order_flow import stream_messages
 
 WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
@@ -46,7 +45,7 @@ async def test_relay_fault_after_ack_recovers_exactly_once(
         await request(nc, "commands.product.create", WIDGET)
         for _ in range(20):
             await request(nc, "commands.product.restock", {"product_id": "p-1", "quantity": 1})
-        assert (await nc.jetstream().stream_info("EVENTS")).state.messages == 0
+        assert await events_in_stream(nc) == 0
 
         crashes: list[int] = []
 
@@ -91,10 +90,7 @@ async def test_relay_fault_after_ack_recovers_exactly_once(
 
 
 async def _relayed(nc: NATS, n: int) -> bool:
-    try:
-        return bool((await nc.jetstream().stream_info("EVENTS")).state.messages >= n)
-    except JsNotFoundError:
-        return False
+    return await events_in_stream(nc) >= n
 
 
 async def _acked(relay: Relay, n: int) -> bool:
