@@ -6,17 +6,18 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from broker.subjects import ALL_EVENTS, EVENTS_STREAM
+from broker.subjects import EVENTS_STREAM, EVENTS_STREAM_SUBJECTS
 
 #: Window in which JetStream drops a republished event by its ``Nats-Msg-Id``.
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 
 def events_stream_config() -> StreamConfig:
-    """``EVENTS``: every stored event, in store order, kept until an operator says otherwise."""
+    """``EVENTS``: every stored event (saga lifecycle too), in store order, kept until an
+    operator says otherwise."""
     return StreamConfig(
         name=EVENTS_STREAM,
-        subjects=[ALL_EVENTS],
+        subjects=list(EVENTS_STREAM_SUBJECTS),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from broker import cloudevents as ce
 from broker.jetstream import ensure_streams
-from broker.subjects import ALL_EVENTS, EVENTS_STREAM
+from broker.subjects import ALL_STORED, EVENTS_STREAM
 from broker.tasks import cancel_and_wait
 from domain.event_store import RecordedEvent
 from projections.base import Checkpoint, Projection, apply_batch, checkpoint
@@ -41,6 +42,15 @@ T = TypeVar("T")
 
 DEFAULT_BATCH = 256
 RESTART_DELAY = 0.5
+
+_CONTEXT_HEADERS = (
+    (ce.H_CORRELATION, "correlation_id"),
+    (ce.H_CAUSATION, "causation_id"),
+    (ce.H_SOURCE, "source"),
+    (ce.H_TRACEPARENT, "traceparent"),
+    (ce.H_TRACESTATE, "tracestate"),
+    (ce.H_BAGGAGE, "baggage"),
+)
 
 CommitHook = Callable[[list[RecordedEvent]], None]
 
@@ -52,8 +62,13 @@ class Database(Protocol):
 
 
 def recorded_from_msg(msg: Msg) -> RecordedEvent:
-    """Rebuild the stored event from the relay's headers; raises ``KeyError`` if not ours."""
+    """Rebuild the stored event from the relay's headers; raises ``KeyError`` if not ours.
+
+    The metadata is rebuilt from the headers the relay derived from it, so a consumer
+    that acts on an event (the saga) can carry its correlation and trace onwards.
+    """
     h = msg.headers or {}
+    meta = {key: h[header] for header, key in _CONTEXT_HEADERS if header in h}
     return RecordedEvent(
         id=uuid.UUID(h[ce.H_ID]),
         stream=h[ce.H_STREAM],
@@ -61,7 +76,7 @@ def recorded_from_msg(msg: Msg) -> RecordedEvent:
         position=int(h[ce.H_POSITION]),
         type=h[ce.H_TYPE],
         data=msg.data,
-        metadata=b"",
+        metadata=json.dumps(meta, separators=(",", ":")).encode(),
         recorded_at=datetime.fromisoformat(h[ce.H_TIME]),
     )
 
@@ -125,7 +140,7 @@ class Projector:
             last = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
             start = cp.sequence + 1 if cp.sequence <= last else 1
             sub = await self._js.subscribe(
-                ALL_EVENTS,
+                ALL_STORED,
                 stream=EVENTS_STREAM,
                 ordered_consumer=True,
                 config=ConsumerConfig(

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from broker.cloudevents import H_POSITION, event_headers
 from broker.jetstream import ensure_streams
-from broker.subjects import ALL_EVENTS, EVENTS_STREAM, event_subject
+from broker.subjects import EVENTS_STREAM, event_subject
 from broker.tasks import cancel_and_wait
 from domain.event_store import EventStore, RecordedEvent
 
@@ -68,19 +68,15 @@ class Relay:
 
     async def checkpoint(self) -> int:
         """The store position of the last event in ``EVENTS`` (0 when it is empty)."""
-        try:
-            last = await self._js.get_last_msg(EVENTS_STREAM, ALL_EVENTS)
-        except NotFoundError:
-            return 0
-        seq = last.seq
-        headers = last.headers
-        # A message without our header was published by someone else; look further back.
-        while (not headers or H_POSITION not in headers) and seq and seq > 1:
-            seq -= 1
+        seq = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
+        headers = None
+        # Walk back past messages without our header (published by someone else).
+        while seq and seq >= 1 and (not headers or H_POSITION not in headers):
             try:
                 headers = (await self._js.get_msg(EVENTS_STREAM, seq)).headers
             except NotFoundError:
                 headers = None
+            seq -= 1
         return int(headers[H_POSITION]) if headers and H_POSITION in headers else 0
 
     async def _run(self) -> None:

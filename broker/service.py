@@ -23,7 +23,7 @@ from broker import replies
 from broker.cloudevents import decode_context
 from broker.replies import RequestError
 from broker.subjects import type_from_subject
-from domain.errors import CodedError
+from domain.errors import CodedError, Unresponsive
 from domain.event_store import EventStoreUnavailable
 from domain.metadata import MessageContext
 
@@ -104,7 +104,11 @@ class RequestService:
     async def _handle(self, msg: Msg) -> None:
         ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)
-        reply = await self._answer(msg, msg_type, ctx)
+        try:
+            reply = await self._answer(msg, msg_type, ctx)
+        except Unresponsive as exc:
+            _log(ctx, msg_type).info("{} left unanswered: {}", msg_type, exc)
+            return
         if msg.reply:
             # No headers: the requester knows its own ids, and parsing headers is the
             # most expensive part of a small reply for every NATS client.
@@ -121,6 +125,8 @@ class RequestService:
         except EventStoreUnavailable as exc:
             _log(ctx, msg_type).error("event store unavailable: {}", exc)
             return replies.error(replies.STORE_UNAVAILABLE, "event store unavailable")
+        except Unresponsive:
+            raise
         except Exception:
             _log(ctx, msg_type).exception("{} failed", msg_type)
             return replies.error(replies.INTERNAL_ERROR, "internal error; see the service log")

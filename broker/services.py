@@ -13,7 +13,7 @@ from broker.service import DEFAULT_MAX_PAYLOAD, RequestService, Route
 from broker.subjects import ALL_COMMANDS, ALL_QUERIES, COMMAND_QUEUE, QUERY_QUEUE
 from domain.messages import Query
 from domain.metadata import MessageContext
-from handlers import COMMAND_HANDLERS, CommandExecutor, Handler
+from handlers import CommandExecutor, Handler, PaymentProvider, command_handlers
 from projections.queries import QUERY_HANDLERS, QueryHandler
 
 
@@ -31,11 +31,15 @@ async def _run_query(
 
 
 def command_service(
-    nc: NATS, executor: CommandExecutor, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+    nc: NATS,
+    executor: CommandExecutor,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    provider: PaymentProvider | None = None,
 ) -> RequestService:
     routes = {
         type_: Route(model, functools.partial(_run_command, executor, handler))
-        for type_, (model, handler) in COMMAND_HANDLERS.items()
+        for type_, (model, handler) in command_handlers(provider).items()
     }
     return RequestService(
         nc,

@@ -17,14 +17,28 @@ ALL_EVENTS = "events.>"
 ALL_QUERIES = "queries.>"
 ALL_SAGAS = "sagas.>"
 
+#: Saga types: their stored events are lifecycle messages on ``sagas.<saga>.<transition>``.
+SAGA_TYPES = frozenset({"order_fulfillment"})
+
 EVENTS_STREAM = "EVENTS"
+#: ``EVENTS`` holds every stored event: domain events and saga lifecycle messages.
+EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_SAGAS)
+#: Consumers of everything in ``EVENTS`` filter on this.
+ALL_STORED = ">"
 DLQ_STREAM = "DLQ"
 
 COMMAND_QUEUE = "ordermesh-command"
 QUERY_QUEUE = "ordermesh-query"
 
 #: Stream categories whose ids may themselves contain ``-``; longest first.
-STREAM_CATEGORIES = ("saga-order_fulfillment", "shipment", "payment", "product", "order")
+STREAM_CATEGORIES = (
+    "saga-order_fulfillment",
+    "inventory",
+    "shipment",
+    "payment",
+    "product",
+    "order",
+)
 
 
 def command_subject(command_type: str) -> str:
@@ -32,6 +46,10 @@ def command_subject(command_type: str) -> str:
 
 
 def event_subject(event_type: str) -> str:
+    """``order.placed`` → ``events.order.placed``; a saga's ``order_fulfillment.started``
+    → ``sagas.order_fulfillment.started``."""
+    if event_type.split(".", 1)[0] in SAGA_TYPES:
+        return SAGAS_PREFIX + event_type
     return EVENTS_PREFIX + event_type
 
 

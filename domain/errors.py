@@ -55,3 +55,26 @@ class InvalidState(DomainError):
 
 class InsufficientStock(DomainError):
     code = "insufficient_stock"
+
+
+class PaymentDeclined(DomainError):
+    code = "payment_declined"
+
+
+class RestrictedArea(DomainError):
+    code = "restricted_area"
+
+
+class PaymentUnavailable(DomainError):
+    """The payment provider failed this time; the same request may succeed later."""
+
+    code = "payment_unavailable"
+
+
+class SagaNotFound(NotFound):
+    code = "saga_not_found"
+
+
+class Unresponsive(Exception):
+    """Raised by a simulated dependency that never answers: the service sends no reply,
+    so the caller's timeout path can be exercised for real."""

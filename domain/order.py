@@ -13,7 +13,9 @@ from domain.errors import InvalidState, OrderAlreadyExists, OrderNotFound, Produ
 from domain.ids import new_uuid
 from domain.messages import Command, Event, Identifier, Message
 from domain.money import Money
+from domain.payment import PaymentMethod
 from domain.product import Product, Quantity
+from domain.shipping import ShippingAddress
 
 OrderStatus = Literal["pending", "confirmed", "cancelled"]
 
@@ -47,6 +49,14 @@ class PlaceOrder(Command):
     order_id: Identifier = Field(default_factory=new_order_id)
     customer_id: Identifier
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+    payment_method: PaymentMethod = "card"
+    shipping_address: ShippingAddress | None = None
+
+
+class ConfirmOrder(Command):
+    TYPE: ClassVar[str] = "order.confirm"
+    AGGREGATE: ClassVar[str] = "order"
+    order_id: Identifier
 
 
 class CancelOrder(Command):
@@ -70,6 +80,8 @@ class OrderPlaced(OrderEvent):
     customer_id: str
     items: list[PricedLine]
     total: Money
+    payment_method: str = "card"
+    shipping_address: ShippingAddress | None = None
 
 
 class OrderConfirmed(OrderEvent):
@@ -95,6 +107,8 @@ class Order:
     items: list[PricedLine] = field(default_factory=list)
     total: Decimal = Decimal("0.00")
     cancel_reason: str | None = None
+    payment_method: str = "card"
+    shipping_address: ShippingAddress | None = None
 
     def apply(self, event: Event) -> None:
         match event:
@@ -104,6 +118,10 @@ class Order:
                     event.customer_id,
                     list(event.items),
                     event.total,
+                )
+                self.payment_method, self.shipping_address = (
+                    event.payment_method,
+                    event.shipping_address,
                 )
             case OrderConfirmed():
                 self.status = "confirmed"
@@ -139,7 +157,12 @@ class Order:
         total = sum((line.line_total for line in lines), Decimal("0.00"))
         return [
             OrderPlaced(
-                order_id=cmd.order_id, customer_id=cmd.customer_id, items=lines, total=total
+                order_id=cmd.order_id,
+                customer_id=cmd.customer_id,
+                items=lines,
+                total=total,
+                payment_method=cmd.payment_method,
+                shipping_address=cmd.shipping_address,
             )
         ]
 

@@ -21,6 +21,10 @@ def order_view(state: o.Order) -> dict[str, Any]:
         "total": format_money(state.total),
         "items": [line.model_dump(mode="json") for line in state.items],
         "cancel_reason": state.cancel_reason,
+        "payment_method": state.payment_method,
+        "shipping_address": (
+            state.shipping_address.model_dump(exclude_none=True) if state.shipping_address else None
+        ),
     }
 
 
@@ -45,6 +49,16 @@ async def cancel(ex: CommandExecutor, cmd: o.CancelOrder, ctx: MessageContext) -
         o.stream_name(cmd.order_id),
         lambda: o.Order(cmd.order_id),
         lambda s: s.cancel(cmd.reason),
+        order_view,
+        ctx,
+    )
+
+
+async def confirm(ex: CommandExecutor, cmd: o.ConfirmOrder, ctx: MessageContext) -> Outcome:
+    return await ex.execute(
+        o.stream_name(cmd.order_id),
+        lambda: o.Order(cmd.order_id),
+        lambda s: s.confirm(),
         order_view,
         ctx,
     )

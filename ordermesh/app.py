@@ -1,6 +1,6 @@
 """Wires the services to NATS and the stores, for ``up`` (all) or ``run`` (some).
 
-Each service is independent: ``command`` and ``relay`` need the event store,
+Each service is independent: ``command``, ``relay`` and ``saga`` need the event store,
 ``projections`` and ``query`` the read-model database, all of them NATS. Running them
 in one process or many changes nothing but the process count.
 """
@@ -18,10 +18,11 @@ from nats.aio.client import Client as NATS
 from broker.connection import connect
 from broker.projector import Projector
 from broker.relay import Relay
+from broker.saga_service import SagaService, open_saga_db
 from broker.service import RequestService
 from broker.services import command_service, query_service
 from domain.event_store import EventStore
-from handlers import CommandExecutor
+from handlers import CommandExecutor, PaymentProvider
 from infra.eventstore import open_event_store
 from infra.nats_server import EmbeddedNatsServer
 from infra.sqlite_worker import SQLiteWorker
@@ -29,7 +30,7 @@ from ordermesh.config import Settings
 from ordermesh.read_models import open_read_models
 from projections import all_projections
 
-SERVICES = ("command", "relay", "projections", "query")
+SERVICES = ("command", "relay", "projections", "query", "saga")
 
 
 class Component(Protocol):
@@ -47,6 +48,8 @@ class App:
     store: EventStore | None = None
     read_models: SQLiteWorker | None = None
     executor: CommandExecutor | None = None
+    sagas: SagaService | None = None
+    saga_db: SQLiteWorker | None = None
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -71,7 +74,7 @@ class App:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
-        if {"command", "relay"} & set(self.services):
+        if {"command", "relay", "saga"} & set(self.services):
             self.store = await open_event_store(s.event_store_url)
         if {"projections", "query"} & set(self.services):
             self.read_models = open_read_models(s.read_model_path)
@@ -88,8 +91,23 @@ class App:
         if name == "command":
             assert self.store is not None
             self.executor = CommandExecutor(self.store)
-            service: RequestService = command_service(self.nc, self.executor, max_payload=limit)
+            provider = PaymentProvider(
+                failure_rate=self.settings.sim_failure_rate, seed=self.settings.sim_seed
+            )
+            service: RequestService = command_service(
+                self.nc, self.executor, max_payload=limit, provider=provider
+            )
             return [service]
+        if name == "saga":
+            assert self.store is not None
+            self.saga_db = open_saga_db(self.settings.saga_db_path)
+            self.sagas = SagaService(
+                self.nc,
+                CommandExecutor(self.store, source="ordermesh.saga"),
+                self.saga_db,
+                self.settings.saga,
+            )
+            return [self.sagas]
         if name == "relay":
             assert self.store is not None
             return [Relay(self.nc, self.store)]
@@ -118,6 +136,9 @@ class App:
         if self.read_models is not None:
             await self.read_models.close()
             self.read_models = None
+        if self.saga_db is not None:
+            await self.saga_db.close()
+            self.saga_db = None
         if self.nats_server is not None:
             await self.nats_server.stop()
             self.nats_server = None

@@ -7,9 +7,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sagas.policy import SagaPolicy
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERMESH_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORDERMESH_", env_nested_delimiter="__", extra="ignore"
+    )
 
     nats_url: str | None = Field(
         default=None,
@@ -23,10 +27,22 @@ class Settings(BaseSettings):
     nats_port: int = Field(default=4222, description="port of the embedded nats-server")
     nats_monitor_port: int = Field(default=8222, description="its HTTP monitoring port")
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=1024 * 1024)
+    saga: SagaPolicy = Field(
+        default_factory=SagaPolicy,
+        description="step timeouts and retries, e.g. ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT=60",
+    )
+    sim_failure_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of card payments the simulator declines"
+    )
+    sim_seed: int = Field(default=0, description="seed of the simulator's failure choice")
 
     @property
     def event_store_url(self) -> str:
         return self.eventstore_url or f"sqlite:///{(self.data_dir / 'events.db').resolve()}"
+
+    @property
+    def saga_db_path(self) -> Path:
+        return self.data_dir / "sagas.db"
 
     @property
     def read_model_path(self) -> Path:

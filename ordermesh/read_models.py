@@ -6,17 +6,40 @@ import functools
 import sqlite3
 from pathlib import Path
 
+from loguru import logger
+
 from domain.event_store import EventStore
 from infra.sqlite_worker import SQLiteWorker
 from projections import Projection, all_projections
-from projections.base import CHECKPOINT_SCHEMA, Checkpoint, apply_batch, checkpoint, reset
+from projections.base import Checkpoint, apply_batch, checkpoint, ensure_schema, reset
 
 REBUILD_PAGE = 1000
 
 
+class ReadModelDatabase(SQLiteWorker):
+    """A worker whose schema setup may drop tables, which a fixed script cannot decide."""
+
+    def __init__(self, path: Path, projections: list[Projection]) -> None:
+        super().__init__(path, "", name="read-models")
+        self._projections = projections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        try:
+            replaced = ensure_schema(conn, self._projections)
+        except BaseException:
+            conn.close()
+            raise
+        for name in replaced:
+            logger.warning(
+                "read model {} had an older schema: recreated, replaying from the start of EVENTS",
+                name,
+            )
+        return conn
+
+
 def open_read_models(path: Path) -> SQLiteWorker:
-    schema = CHECKPOINT_SCHEMA + "".join(p.schema for p in all_projections())
-    return SQLiteWorker(path, schema, name="read-models")
+    return ReadModelDatabase(path, all_projections())
 
 
 def projection_named(name: str) -> Projection:

@@ -10,10 +10,17 @@ from __future__ import annotations
 from projections.base import Projection
 from projections.orders import OrderProjection
 from projections.products import ProductProjection
+from projections.sagas import SagaProjection
 
 
 def all_projections() -> list[Projection]:
-    return [ProductProjection(), OrderProjection()]
+    return [ProductProjection(), OrderProjection(), SagaProjection()]
 
 
-__all__ = ["OrderProjection", "ProductProjection", "Projection", "all_projections"]
+__all__ = [
+    "OrderProjection",
+    "ProductProjection",
+    "Projection",
+    "SagaProjection",
+    "all_projections",
+]

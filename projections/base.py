@@ -4,15 +4,19 @@ The checkpoint — the last applied global store position, and the ``EVENTS`` se
 it arrived with — is written in the same transaction as the read-model change. A
 feeder resumes after that sequence, and an event at or below the position is skipped,
 so neither a crash nor a replay can apply an event twice or skip one.
+
+Each projection also declares a schema ``version``: ``CREATE TABLE IF NOT EXISTS``
+keeps a table of an older shape, so :func:`ensure_schema` replaces a projection whose
+stored version differs and zeroes its checkpoint, and the projector replays it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from domain.catalog import decode_event
 from domain.event_store import RecordedEvent
@@ -27,9 +31,18 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
 );
 """
 
+VERSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS projection_versions (
+    name    TEXT    PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+"""
+
 
 class Projection(Protocol):
     name: ClassVar[str]
+    version: ClassVar[int]
+    """Bump whenever ``schema`` changes, so existing read-model files get rebuilt."""
     schema: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
     event_types: ClassVar[frozenset[str]]
@@ -93,3 +106,71 @@ def reset(db: sqlite3.Connection, projection: Projection) -> None:
     for table in projection.tables:
         db.execute(f"DELETE FROM {table}")
     _set_checkpoint(db, projection.name, Checkpoint())
+
+
+def ensure_schema(db: sqlite3.Connection, projections: Iterable[Projection]) -> list[str]:
+    """Create every projection's tables, replacing any left by another version.
+
+    A projection is replaced when its stored version differs or, in a file from before
+    versions were kept, when its existing tables differ from its schema: its tables are
+    dropped and recreated and its checkpoint zeroed, so the projector replays it from
+    the start of ``EVENTS``. One IMMEDIATE transaction, so processes opening the same
+    file at once replace it once. Returns the names whose existing tables were dropped.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(CHECKPOINT_SCHEMA + VERSION_SCHEMA):
+            db.execute(statement)
+        replaced: list[str] = []
+        for projection in projections:
+            row = db.execute(
+                "SELECT version FROM projection_versions WHERE name = ?", (projection.name,)
+            ).fetchone()
+            stored = None if row is None else int(row[0])
+            if stored != projection.version:
+                existing = _shape(db, projection.tables)
+                if stored is not None or existing != _declared_shape(projection):
+                    for table in projection.tables:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
+                    _set_checkpoint(db, projection.name, Checkpoint())
+                    if existing:
+                        replaced.append(projection.name)
+            # Always: an added index needs no version bump, as before versions were kept.
+            for statement in _statements(projection.schema):
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO projection_versions (name, version) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+                (projection.name, projection.version),
+            )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return replaced
+
+
+def _shape(db: sqlite3.Connection, tables: Iterable[str]) -> dict[str, list[Any]]:
+    """The columns (name, type, constraints) of those of ``tables`` that exist."""
+    shape = {t: db.execute(f"PRAGMA table_info({t})").fetchall() for t in tables}
+    return {table: columns for table, columns in shape.items() if columns}
+
+
+def _declared_shape(projection: Projection) -> dict[str, list[Any]]:
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.executescript(projection.schema)
+        return _shape(scratch, projection.tables)
+    finally:
+        scratch.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a schema script: ``executescript`` would commit the open transaction."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                yield pending
+            pending = ""

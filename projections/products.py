@@ -12,6 +12,7 @@ from domain.messages import Event
 
 class ProductProjection:
     name: ClassVar[str] = "products"
+    version: ClassVar[int] = 1
     tables: ClassVar[tuple[str, ...]] = ("products",)
     event_types: ClassVar[frozenset[str]] = frozenset(
         {

@@ -12,11 +12,13 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
-from domain.errors import OrderNotFound, ProductNotFound
+from domain.errors import OrderNotFound, ProductNotFound, SagaNotFound
 from domain.messages import Identifier, Query
 from domain.order import OrderStatus
 from projections.orders import get_order, list_orders
 from projections.products import get_product, list_products
+from projections.sagas import get_saga, list_sagas
+from sagas.order_fulfillment import SagaStatus
 
 Limit = Annotated[int, Field(strict=True, ge=1, le=1000)]
 Offset = Annotated[int, Field(strict=True, ge=0)]
@@ -46,6 +48,18 @@ class ListOrders(Query):
     offset: Offset = 0
 
 
+class GetSaga(Query):
+    TYPE: ClassVar[str] = "saga.get"
+    saga_id: Identifier
+
+
+class ListSagas(Query):
+    TYPE: ClassVar[str] = "saga.list"
+    status: SagaStatus | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
 def _get_product(db: sqlite3.Connection, q: GetProduct) -> dict[str, Any]:
     view = get_product(db, q.product_id)
     if view is None:
@@ -70,6 +84,17 @@ def _list_orders(db: sqlite3.Connection, q: ListOrders) -> dict[str, Any]:
     )
 
 
+def _get_saga(db: sqlite3.Connection, q: GetSaga) -> dict[str, Any]:
+    view = get_saga(db, q.saga_id)
+    if view is None:
+        raise SagaNotFound(f"saga {q.saga_id!r} not found", saga_id=q.saga_id)
+    return view
+
+
+def _list_sagas(db: sqlite3.Connection, q: ListSagas) -> dict[str, Any]:
+    return list_sagas(db, status=q.status, limit=q.limit, offset=q.offset)
+
+
 QueryHandler = Callable[[sqlite3.Connection, Any], dict[str, Any]]
 
 QUERY_HANDLERS: dict[str, tuple[type[Query], QueryHandler]] = {
@@ -77,4 +102,6 @@ QUERY_HANDLERS: dict[str, tuple[type[Query], QueryHandler]] = {
     ListProducts.TYPE: (ListProducts, _list_products),
     GetOrder.TYPE: (GetOrder, _get_order),
     ListOrders.TYPE: (ListOrders, _list_orders),
+    GetSaga.TYPE: (GetSaga, _get_saga),
+    ListSagas.TYPE: (ListSagas, _list_sagas),
 }

@@ -11,8 +11,8 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer
-from ordermesh.app import SERVICES, App
-from tests.conftest import request, settings_for
+from ordermesh.app import App
+from tests.conftest import CORE_SERVICES, request, settings_for
 
 WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
 
@@ -132,7 +132,7 @@ async def test_oversized_body_is_refused(app: App, nc: NATS) -> None:
 async def test_payload_limit_is_configurable(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
-    application = App(settings_for(nats_server, tmp_path, max_payload_bytes=200), SERVICES)
+    application = App(settings_for(nats_server, tmp_path, max_payload_bytes=200), CORE_SERVICES)
     await application.start()
     try:
         ok = await request(nc, "commands.product.create", WIDGET)

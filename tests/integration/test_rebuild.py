@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
-from tests.conftest import eventually, request, settings_for
+from tests.conftest import CORE_SERVICES, eventually, request, settings_for
 from tests.integration.test_processes import ORDERMESH, env_for
 
 
@@ -31,7 +31,7 @@ async def test_rebuild_restores_a_damaged_read_model(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    app = App(settings_for(nats_server, data))
+    app = App(settings_for(nats_server, data), CORE_SERVICES)
     await app.start()
     try:
         await request(

@@ -1,0 +1,42 @@
+"""Sends commands as NATS requests with CloudEvents headers; the saga's way out."""
+
+from __future__ import annotations
+
+import json
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from broker.cloudevents import encode_context
+from broker.subjects import command_subject
+from domain.messages import Command
+from domain.metadata import MessageContext
+from sagas.order_fulfillment import TIMEOUT
+from sagas.runner import Reply
+
+NO_RESPONDERS = "no_responders"
+
+
+class NatsCommandBus:
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+
+    async def send(self, command: Command, ctx: MessageContext, timeout: float) -> Reply:
+        subject = command_subject(command.TYPE)
+        try:
+            msg = await self._nc.request(
+                subject,
+                command.model_dump_json().encode(),
+                timeout=timeout,
+                headers=encode_context(ctx),
+            )
+        except NatsTimeout:
+            return Reply(False, code=TIMEOUT, message=f"no reply on {subject} in {timeout:.3g} s")
+        except NoRespondersError:
+            return Reply(False, code=NO_RESPONDERS, message=f"nobody serves {subject}")
+        body = json.loads(msg.data)
+        if body.get("ok"):
+            return Reply(True, data=body.get("data"))
+        error = body.get("error") or {}
+        return Reply(False, code=str(error.get("code")), message=str(error.get("message", "")))

@@ -1,0 +1,125 @@
+"""The saga service: starts a fulfilment saga for every placed order, and resumes the
+unfinished ones after a restart.
+
+Run one instance (like the relay): two would both drive every saga. Their appends
+would conflict harmlessly and every command is idempotent, but the work would double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loguru import logger
+from nats.aio.client import Client as NATS
+
+from broker.command_bus import NatsCommandBus
+from broker.projector import Projector
+from broker.tasks import cancel_and_wait
+from domain.event_store import RecordedEvent
+from domain.metadata import MessageContext, parse_metadata
+from domain.order import OrderPlaced
+from handlers.executor import CommandExecutor
+from infra.sqlite_worker import SQLiteWorker
+from projections.base import CHECKPOINT_SCHEMA
+from sagas import inbox
+from sagas.policy import SagaPolicy
+from sagas.runner import SagaRunner
+
+RETRY_DELAY = 1.0
+DEFAULT_CONCURRENCY = 1000
+
+
+def open_saga_db(path: Path) -> SQLiteWorker:
+    return SQLiteWorker(path, CHECKPOINT_SCHEMA + inbox.SagaInbox.schema, name="sagas")
+
+
+def trigger_context(event_id: str, metadata: bytes) -> MessageContext:
+    """The ``order.placed`` event's context, from the metadata it was stored with."""
+    meta = parse_metadata(metadata)
+
+    def text(key: str) -> str | None:
+        value = meta.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return MessageContext(
+        id=event_id,
+        type=OrderPlaced.TYPE,
+        source=text("source") or "ordermesh",
+        correlation_id=text("correlation_id") or event_id,
+        causation_id=text("causation_id"),
+        traceparent=text("traceparent"),
+        tracestate=text("tracestate"),
+        baggage=text("baggage"),
+    )
+
+
+class SagaService:
+    def __init__(
+        self,
+        nc: NATS,
+        executor: CommandExecutor,
+        db: SQLiteWorker,
+        policy: SagaPolicy | None = None,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.runner = SagaRunner(executor, NatsCommandBus(nc), policy)
+        self._db = db
+        self._projector = Projector(nc, db, [inbox.SagaInbox()], on_commit=self._on_commit)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self.finished = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        for row in await self._db.run(inbox.pending):
+            self._spawn(row.saga_id, row.event, trigger_context(row.event_id, row.metadata))
+        if self._running:
+            logger.info("saga service resuming {} unfinished saga(s)", len(self._running))
+        await self._projector.start()
+
+    async def stop(self) -> None:
+        await self._projector.stop()
+        for task in list(self._running.values()):
+            await cancel_and_wait(task)
+        self._running.clear()
+
+    def _on_commit(self, batch: list[RecordedEvent]) -> None:
+        for recorded in batch:
+            if recorded.type == OrderPlaced.TYPE:
+                placed = OrderPlaced.model_validate_json(recorded.data)
+                ctx = trigger_context(str(recorded.id), recorded.metadata)
+                self._spawn(placed.order_id, placed, ctx)
+
+    def _spawn(self, saga_id: str, placed: OrderPlaced, ctx: MessageContext) -> None:
+        if saga_id in self._running:
+            return
+        task = asyncio.create_task(self._drive(placed, ctx), name=f"saga-{saga_id}")
+        self._running[saga_id] = task
+        task.add_done_callback(lambda _t: self._running.pop(saga_id, None))
+
+    async def _drive(self, placed: OrderPlaced, ctx: MessageContext) -> None:
+        """Run one saga until it ends; anything unexpected is logged and retried, since
+        the saga's stream always says where to pick up."""
+        saga_id = placed.order_id
+        async with self._slots:
+            while True:
+                try:
+                    saga = await self.runner.run(placed, ctx)
+                    await self._db.run(lambda db: inbox.done(db, saga_id))
+                    self.finished += 1
+                    logger.bind(trace_id=ctx.trace_id, correlation_id=ctx.correlation_id).debug(
+                        "saga {} {}", saga_id, saga.status
+                    )
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.bind(trace_id=ctx.trace_id, correlation_id=ctx.correlation_id).exception(
+                        "saga {} failed unexpectedly; retrying", saga_id
+                    )
+                    await asyncio.sleep(RETRY_DELAY)
