@@ -378,3 +378,19 @@ async def test_500_mixed_orders_all_end_and_conserve_stock(saga_app: App, nc: NA
     }, outcomes
     assert sum(outcomes.values()) == 500
     assert saga_app.sagas is not None and saga_app.sagas.active == 0
+
+
+async def test_seeded_failure_rate_declines_card_payments(
+    nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    settings = settings_for(nats_server, tmp_path / "data", saga=FAST, sim_failure_rate=1.0)
+    application = App(settings, SERVICES)
+    await application.start()
+    try:
+        await create_product(nc, "p-1", 10)
+        await place(nc, "o-1", [("p-1", 1)])
+        order = await settled(nc, "o-1")
+        assert (order["status"], order["cancel_reason"]) == ("cancelled", "payment_declined")
+        assert await product_stock(application.store, "p-1") == 10
+    finally:
+        await application.stop()
