@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry.trace import SpanKind
 
 from broker.cloudevents import encode_context
 from broker.subjects import command_subject
@@ -14,6 +16,7 @@ from domain.messages import Command
 from domain.metadata import MessageContext
 from sagas.order_fulfillment import TIMEOUT
 from sagas.runner import Reply
+from telemetry import tracing
 
 NO_RESPONDERS = "no_responders"
 
@@ -24,6 +27,21 @@ class NatsCommandBus:
 
     async def send(self, command: Command, ctx: MessageContext, timeout: float) -> Reply:
         subject = command_subject(command.TYPE)
+        with tracing.span(
+            f"{command.TYPE} send",
+            kind=SpanKind.PRODUCER,
+            attributes=tracing.messaging_attributes(subject, "send", ctx.id, ctx.correlation_id),
+        ) as span:
+            if span.is_recording():
+                ctx = dataclasses.replace(ctx, traceparent=tracing.traceparent_of(span))
+            reply = await self._request(subject, command, ctx, timeout)
+            if not reply.ok:
+                tracing.fail(span, reply.code, reply.message)
+            return reply
+
+    async def _request(
+        self, subject: str, command: Command, ctx: MessageContext, timeout: float
+    ) -> Reply:
         try:
             msg = await self._nc.request(
                 subject,

@@ -6,7 +6,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from broker.subjects import EVENTS_STREAM, EVENTS_STREAM_SUBJECTS
+from broker.subjects import ALL_DLQ, DLQ_STREAM, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS
 
 #: Window in which JetStream drops a republished event by its ``Nats-Msg-Id``.
 DUPLICATE_WINDOW_SECONDS = 120.0
@@ -26,10 +26,23 @@ def events_stream_config() -> StreamConfig:
     )
 
 
+def dlq_stream_config() -> StreamConfig:
+    """``DLQ``: messages a consumer could not use, kept for an operator to inspect."""
+    return StreamConfig(
+        name=DLQ_STREAM,
+        subjects=[ALL_DLQ],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create ``EVENTS`` or bring its config up to date; safe to call from every replica."""
-    config = events_stream_config()
-    try:
-        await js.add_stream(config)
-    except APIError:
-        await js.update_stream(config)
+    """Create ``EVENTS`` and ``DLQ`` or bring their config up to date; safe to call from
+    every replica."""
+    for config in (events_stream_config(), dlq_stream_config()):
+        try:
+            await js.add_stream(config)
+        except APIError:
+            await js.update_stream(config)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -30,13 +31,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import Span, SpanKind
+from pydantic import ValidationError
 
 from broker import cloudevents as ce
+from broker.dead_letters import dead_letter
 from broker.jetstream import ensure_streams
 from broker.subjects import ALL_STORED, EVENTS_STREAM
 from broker.tasks import cancel_and_wait
 from domain.event_store import RecordedEvent
-from projections.base import Checkpoint, Projection, apply_batch, checkpoint
+from projections.base import Checkpoint, Projection, advance, apply_batch, checkpoint
+from telemetry import tracing
+from telemetry.metrics import event_processing, observe, projection_lag
 
 T = TypeVar("T")
 
@@ -51,6 +57,9 @@ _CONTEXT_HEADERS = (
     (ce.H_TRACESTATE, "tracestate"),
     (ce.H_BAGGAGE, "baggage"),
 )
+
+#: Errors that mean an event cannot be applied at all, as opposed to a database problem.
+_POISON = (ValidationError, KeyError, TypeError)
 
 CommitHook = Callable[[list[RecordedEvent]], None]
 
@@ -172,20 +181,77 @@ class Projector:
             await self._handle(msgs)
 
     async def _handle(self, msgs: list[Msg]) -> None:
-        batch: list[RecordedEvent] = []
+        received: list[tuple[Msg, RecordedEvent]] = []
         for msg in msgs:
             try:
-                batch.append(recorded_from_msg(msg))
-            except (KeyError, ValueError):
-                logger.warning(
-                    "projector {} skipped {} without ordermesh headers",
-                    self.name,
-                    msg.subject,
-                )
+                received.append((msg, recorded_from_msg(msg)))
+            except (KeyError, ValueError) as exc:
+                await dead_letter(self._js, msg, self.name, f"no ordermesh event headers ({exc})")
         sequence = msgs[-1].metadata.sequence.stream
-        projections = self.projections
-        self.applied += await self._db.run(
-            lambda db: _apply_in_transaction(db, projections, batch, sequence)
-        )
+        batch = [recorded for _msg, recorded in received]
+        spans = self._spans(received)
+        started = time.perf_counter()
+        try:
+            self.applied += await self._apply(batch, sequence)
+        except _POISON:
+            # One event no longer decodes: apply the batch one by one, setting it aside.
+            for msg, recorded in received:
+                try:
+                    self.applied += await self._apply([recorded], msg.metadata.sequence.stream)
+                except _POISON as exc:
+                    await dead_letter(self._js, msg, self.name, f"cannot apply: {exc}")
+                    await self._skip(recorded, msg.metadata.sequence.stream)
+        finally:
+            elapsed = time.perf_counter() - started
+            for (_msg, recorded), span in zip(received, spans, strict=True):
+                trace_id = None
+                if span is not None:
+                    trace_id = f"{span.get_span_context().trace_id:032x}"
+                    span.end()
+                observe(event_processing, elapsed, recorded.type, self.name, trace_id=trace_id)
+        if batch:
+            lag = max(0.0, time.time() - batch[-1].recorded_at.timestamp())
+            for projection in self.projections:
+                projection_lag.labels(projection.name).set(lag)
         if self.on_commit is not None:
             self.on_commit(batch)
+
+    async def _apply(self, batch: list[RecordedEvent], sequence: int) -> int:
+        projections = self.projections
+        return await self._db.run(
+            lambda db: _apply_in_transaction(db, projections, batch, sequence)
+        )
+
+    async def _skip(self, recorded: RecordedEvent, sequence: int) -> None:
+        cp = Checkpoint(recorded.position, sequence)
+        projections = self.projections
+
+        def skip(db: sqlite3.Connection) -> None:
+            for projection in projections:
+                advance(db, projection, cp)
+
+        await self._db.run(skip)
+
+    def _spans(self, received: list[tuple[Msg, RecordedEvent]]) -> list[Span | None]:
+        """One consumer span per event, child of the relay's publish of it."""
+        if not tracing.enabled():
+            return [None] * len(received)
+        return [
+            tracing.start_span(
+                f"{recorded.type} process",
+                kind=SpanKind.CONSUMER,
+                traceparent=(msg.headers or {}).get(ce.H_TRACEPARENT),
+                tracestate=(msg.headers or {}).get(ce.H_TRACESTATE),
+                attributes=tracing.messaging_attributes(
+                    msg.subject,
+                    "process",
+                    str(recorded.id),
+                    (msg.headers or {}).get(ce.H_CORRELATION),
+                )
+                | {
+                    "messaging.consumer.group.name": self.name,
+                    "messaging.batch.message_count": len(received),
+                },
+            )
+            for msg, recorded in received
+        ]

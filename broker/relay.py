@@ -23,12 +23,21 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import Span, SpanKind
 
-from broker.cloudevents import H_POSITION, event_headers
+from broker.cloudevents import (
+    H_CORRELATION,
+    H_POSITION,
+    H_TRACEPARENT,
+    H_TRACESTATE,
+    event_headers,
+)
 from broker.jetstream import ensure_streams
 from broker.subjects import EVENTS_STREAM, event_subject
 from broker.tasks import cancel_and_wait
 from domain.event_store import EventStore, RecordedEvent
+from telemetry import tracing
+from telemetry.metrics import relay_lag
 
 DEFAULT_WINDOW = 256
 ACK_TIMEOUT = 10.0
@@ -93,20 +102,46 @@ class Relay:
                 logger.opt(exception=exc).error("relay stopped; restarting from its checkpoint")
                 await asyncio.sleep(RESTART_DELAY)
 
+    @staticmethod
+    def _publish_span(event: RecordedEvent, subject: str, headers: dict[str, str]) -> Span | None:
+        """Continue the trace stored with the event; the message carries the new span."""
+        span = tracing.start_span(
+            f"{event.type} publish",
+            kind=SpanKind.PRODUCER,
+            traceparent=headers.get(H_TRACEPARENT),
+            tracestate=headers.get(H_TRACESTATE),
+            attributes=tracing.messaging_attributes(
+                subject, "publish", str(event.id), headers.get(H_CORRELATION)
+            )
+            | {"ordermesh.store.position": event.position},
+        )
+        if span is not None:
+            traceparent = tracing.traceparent_of(span)
+            if traceparent:
+                headers[H_TRACEPARENT] = traceparent
+        return span
+
     async def _pump(self, after: int) -> None:
         """Publish from ``after`` on; return only by raising (a failed or stalled ack)."""
         slots = asyncio.Semaphore(self._window)
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         progress = _Progress()
 
-        def acked(event: RecordedEvent, future: asyncio.Future[PubAck]) -> None:
+        def acked(event: RecordedEvent, span: Span | None, future: asyncio.Future[PubAck]) -> None:
             slots.release()
             progress.outstanding -= 1
             progress.last = time.monotonic()
+            if span is not None:
+                error = None if future.cancelled() else future.exception()
+                if isinstance(error, Exception):
+                    span.record_exception(error)
+                    tracing.fail(span, "publish_failed", str(error))
+                span.end()
             if future.cancelled() or failed.done():
                 return
             try:
                 ack = future.result()
+                relay_lag.set(max(0.0, time.time() - event.recorded_at.timestamp()))
                 self.position = max(self.position, event.position)
                 if ack.duplicate:
                     self.duplicates += 1
@@ -120,11 +155,12 @@ class Relay:
         async def publish() -> None:
             async for event in self._store.subscribe_all(after):
                 await slots.acquire()
-                future = await self._js.publish_async(
-                    event_subject(event.type), event.data, headers=event_headers(event)
-                )
+                subject = event_subject(event.type)
+                headers = event_headers(event)
+                span = self._publish_span(event, subject, headers)
+                future = await self._js.publish_async(subject, event.data, headers=headers)
                 progress.outstanding += 1
-                future.add_done_callback(functools.partial(acked, event))
+                future.add_done_callback(functools.partial(acked, event, span))
 
         async def watch() -> None:
             # JetStream futures have no deadline of their own: fail if acks stop coming.

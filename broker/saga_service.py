@@ -23,8 +23,10 @@ from handlers.executor import CommandExecutor
 from infra.sqlite_worker import SQLiteWorker
 from projections.base import CHECKPOINT_SCHEMA
 from sagas import inbox
+from sagas.order_fulfillment import SAGA_TYPE
 from sagas.policy import SagaPolicy
 from sagas.runner import SagaRunner
+from telemetry.metrics import saga_active
 
 RETRY_DELAY = 1.0
 DEFAULT_CONCURRENCY = 1000
@@ -100,7 +102,12 @@ class SagaService:
             return
         task = asyncio.create_task(self._drive(placed, ctx), name=f"saga-{saga_id}")
         self._running[saga_id] = task
-        task.add_done_callback(lambda _t: self._running.pop(saga_id, None))
+        task.add_done_callback(lambda _t: self._forget(saga_id))
+        saga_active.labels(SAGA_TYPE).set(len(self._running))
+
+    def _forget(self, saga_id: str) -> None:
+        self._running.pop(saga_id, None)
+        saga_active.labels(SAGA_TYPE).set(len(self._running))
 
     async def _drive(self, placed: OrderPlaced, ctx: MessageContext) -> None:
         """Run one saga until it ends; anything unexpected is logged and retried, since
@@ -112,9 +119,7 @@ class SagaService:
                     saga = await self.runner.run(placed, ctx)
                     await self._db.run(lambda db: inbox.done(db, saga_id))
                     self.finished += 1
-                    logger.bind(trace_id=ctx.trace_id, correlation_id=ctx.correlation_id).debug(
-                        "saga {} {}", saga_id, saga.status
-                    )
+                    logger.debug("saga {} {}", saga_id, saga.status)
                     return
                 except asyncio.CancelledError:
                     raise

@@ -9,6 +9,8 @@ line that carries the request's trace and correlation ids.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from broker import replies
@@ -26,6 +29,9 @@ from broker.subjects import type_from_subject
 from domain.errors import CodedError, Unresponsive
 from domain.event_store import EventStoreUnavailable
 from domain.metadata import MessageContext
+from telemetry import tracing
+from telemetry.context import handling
+from telemetry.metrics import UNKNOWN, RequestMetrics, observe
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -43,11 +49,8 @@ class Route:
 
 
 def _log(ctx: MessageContext, msg_type: str) -> Logger:
-    """A logger carrying the request's ids, bound only when something is logged: binding
-    on every message cost more than validating it."""
-    return logger.bind(
-        trace_id=ctx.trace_id, correlation_id=ctx.correlation_id, message_type=msg_type
-    )
+    """A logger naming the message type; the ids come from the log context."""
+    return logger.bind(message_type=msg_type)
 
 
 class RequestService:
@@ -62,6 +65,7 @@ class RequestService:
         queue: str,
         routes: Mapping[str, Route],
         unknown_code: str,
+        metrics: RequestMetrics,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
@@ -71,6 +75,7 @@ class RequestService:
         self._queue = queue
         self._routes = dict(routes)
         self._unknown_code = unknown_code
+        self._metrics = metrics
         self._max_payload = max_payload
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,35 +107,69 @@ class RequestService:
         self._slots.release()
 
     async def _handle(self, msg: Msg) -> None:
+        started = time.perf_counter()
         ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)
-        try:
-            reply = await self._answer(msg, msg_type, ctx)
-        except Unresponsive as exc:
-            _log(ctx, msg_type).info("{} left unanswered: {}", msg_type, exc)
-            return
-        if msg.reply:
-            # No headers: the requester knows its own ids, and parsing headers is the
-            # most expensive part of a small reply for every NATS client.
-            await self._nc.publish(msg.reply, reply)
-        else:
-            _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
+        # Only registered types become label values and span names: a client must not
+        # be able to mint new time series (or put an id in a span name).
+        label = msg_type if msg_type in self._routes else UNKNOWN
+        attributes = tracing.messaging_attributes(
+            self._pattern if label == UNKNOWN else msg.subject,
+            "process",
+            ctx.id,
+            ctx.correlation_id,
+        )
+        with tracing.span(
+            f"{label} process",
+            kind=SpanKind.CONSUMER,
+            traceparent=ctx.traceparent,
+            tracestate=ctx.tracestate,
+            attributes=attributes,
+        ) as span:
+            if span.is_recording():
+                # What this request causes (stored events, commands) descends from this span.
+                ctx = dataclasses.replace(ctx, traceparent=tracing.traceparent_of(span))
+            with handling(ctx):
+                try:
+                    reply, error = await self._answer(msg, msg_type, ctx)
+                except Unresponsive as exc:
+                    _log(ctx, msg_type).info("{} left unanswered: {}", msg_type, exc)
+                    return
+            if error is not None:
+                tracing.fail(span, *error)
+                self._metrics.errors.labels(label, error[0]).inc()
+            if msg.reply:
+                # No headers: the requester knows its own ids, and parsing headers is the
+                # most expensive part of a small reply for every NATS client.
+                await self._nc.publish(msg.reply, reply)
+            else:
+                _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
+            self._metrics.received.labels(label).inc()
+            observe(self._metrics.duration, time.perf_counter() - started, label)
 
-    async def _answer(self, msg: Msg, msg_type: str, ctx: MessageContext) -> bytes:
+    async def _answer(
+        self, msg: Msg, msg_type: str, ctx: MessageContext
+    ) -> tuple[bytes, tuple[str, str] | None]:
+        """The reply, and the error code and message when it is a refusal."""
         try:
             data = await self._dispatch(msg, msg_type, ctx)
         except CodedError as exc:
             _log(ctx, msg_type).warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
-            return replies.error(exc.code, exc.message, exc.details)
+            return replies.error(exc.code, exc.message, exc.details), (exc.code, exc.message)
         except EventStoreUnavailable as exc:
             _log(ctx, msg_type).error("event store unavailable: {}", exc)
-            return replies.error(replies.STORE_UNAVAILABLE, "event store unavailable")
+            message = "event store unavailable"
+            return replies.error(replies.STORE_UNAVAILABLE, message), (
+                replies.STORE_UNAVAILABLE,
+                message,
+            )
         except Unresponsive:
             raise
         except Exception:
             _log(ctx, msg_type).exception("{} failed", msg_type)
-            return replies.error(replies.INTERNAL_ERROR, "internal error; see the service log")
-        return replies.ok(data)
+            message = "internal error; see the service log"
+            return replies.error(replies.INTERNAL_ERROR, message), (replies.INTERNAL_ERROR, message)
+        return replies.ok(data), None
 
     async def _dispatch(self, msg: Msg, msg_type: str, ctx: MessageContext) -> Any:
         if len(msg.data) > self._max_payload:

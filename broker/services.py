@@ -15,6 +15,7 @@ from domain.messages import Query
 from domain.metadata import MessageContext
 from handlers import CommandExecutor, Handler, PaymentProvider, command_handlers
 from projections.queries import QUERY_HANDLERS, QueryHandler
+from telemetry.metrics import COMMAND_METRICS, QUERY_METRICS
 
 
 async def _run_command(
@@ -48,6 +49,7 @@ def command_service(
         queue=COMMAND_QUEUE,
         routes=routes,
         unknown_code=replies.UNKNOWN_COMMAND,
+        metrics=COMMAND_METRICS,
         max_payload=max_payload,
     )
 
@@ -66,5 +68,6 @@ def query_service(
         queue=QUERY_QUEUE,
         routes=routes,
         unknown_code=replies.UNKNOWN_QUERY,
+        metrics=QUERY_METRICS,
         max_payload=max_payload,
     )

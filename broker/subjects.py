@@ -16,6 +16,7 @@ ALL_COMMANDS = "commands.>"
 ALL_EVENTS = "events.>"
 ALL_QUERIES = "queries.>"
 ALL_SAGAS = "sagas.>"
+ALL_DLQ = "dlq.>"
 
 #: Saga types: their stored events are lifecycle messages on ``sagas.<saga>.<transition>``.
 SAGA_TYPES = frozenset({"order_fulfillment"})
@@ -71,3 +72,12 @@ def stream_id(stream: str) -> str:
         if stream.startswith(category + "-"):
             return stream[len(category) + 1 :]
     return stream.split("-", 1)[-1]
+
+
+def dlq_subject(subject: str) -> str:
+    return DLQ_PREFIX + subject
+
+
+def subject_label(subject: str) -> str:
+    """A bounded metric label for any subject: its first three tokens."""
+    return ".".join(subject.split(".")[:3])

@@ -47,16 +47,20 @@ def _kurrent_hex(hex_id: str) -> str:
     return f"{int(hex_id, 16):#x}"
 
 
-def event_metadata(ctx: MessageContext, source: str) -> bytes:
-    """Metadata stored with every event a command caused: its cause and its trace."""
+def event_metadata(ctx: MessageContext, source: str, traceparent: str | None = None) -> bytes:
+    """Metadata stored with every event a command caused: its cause and its trace.
+
+    ``traceparent`` (the span that appended, when tracing) defaults to the command's own.
+    """
     meta: dict[str, Any] = {
         "correlation_id": ctx.correlation_id,
         "causation_id": ctx.id,
         "source": source,
     }
-    if ctx.traceparent:
-        meta["traceparent"] = ctx.traceparent
-        parts = ctx.traceparent.split("-")
+    traceparent = traceparent or ctx.traceparent
+    if traceparent:
+        meta["traceparent"] = traceparent
+        parts = traceparent.split("-")
         if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
             meta["$traceId"] = _kurrent_hex(parts[1])
             meta["$spanId"] = _kurrent_hex(parts[2])

@@ -21,10 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry.trace import SpanKind
+
 from domain.catalog import decode_event
 from domain.errors import CodedError
 from domain.event_store import (
+    AppendResult,
     EventStore,
+    ExpectedRevision,
     NewEvent,
     RecordedEvent,
     StreamState,
@@ -32,6 +36,8 @@ from domain.event_store import (
 )
 from domain.messages import Event
 from domain.metadata import MessageContext, event_metadata, parse_metadata
+from telemetry import tracing
+from telemetry.metrics import event_stored
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CACHE_SIZE = 10_000
@@ -107,6 +113,8 @@ class CommandExecutor:
         self.cache_size = cache_size
         #: Appends lost to another writer (each one retried); a contention gauge.
         self.conflicts = 0
+        #: ``db.system.name`` of the appends' spans.
+        self.store_system = getattr(store, "system", "eventstore")
         self._cache: OrderedDict[str, _Snapshot] = OrderedDict()
         # Commands on one stream within this process queue up instead of racing:
         # conflicts are then left to other processes, where retries are cheap.
@@ -192,13 +200,8 @@ class CommandExecutor:
                 snap, fresh = await self._refresh(stream, snap), True
                 continue
             expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
-            metadata = event_metadata(ctx, self.source)
-            batch = [
-                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
-                for e in events
-            ]
             try:
-                appended = await self.store.append(stream, batch, expected)
+                appended = await self._append(stream, events, expected, ctx)
             except WrongExpectedRevision:
                 self.conflicts += 1
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
@@ -211,6 +214,34 @@ class CommandExecutor:
             self._remember(stream, snap)
             return Outcome(result(snap.state), events)
         raise ConcurrencyConflict(stream, self.max_attempts)
+
+    async def _append(
+        self, stream: str, events: list[Event], expected: ExpectedRevision, ctx: MessageContext
+    ) -> AppendResult:
+        """Append under a span of its own; the stored metadata points at that span, so the
+        relay's publish of each event continues the trace from here."""
+        types = [e.TYPE for e in events]
+        with tracing.span(
+            "eventstore.append",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": self.store_system,
+                "db.operation.name": "append",
+                "db.collection.name": stream,
+                "ordermesh.event_types": types,
+            },
+        ) as span:
+            metadata = event_metadata(
+                ctx, self.source, traceparent=tracing.traceparent_of(span) or ctx.traceparent
+            )
+            batch = [
+                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
+                for e in events
+            ]
+            appended = await self.store.append(stream, batch, expected)
+        for event_type in types:
+            event_stored.labels(event_type).inc()
+        return appended
 
     async def _result_at(
         self,

@@ -6,6 +6,8 @@ import asyncio
 import functools
 from typing import Any
 
+from opentelemetry import trace
+
 from domain import order as o
 from domain import product as p
 from domain.metadata import MessageContext
@@ -35,13 +37,23 @@ async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> 
         *(ex.load(p.stream_name(pid), functools.partial(p.Product, pid)) for pid in ids)
     )
     catalogue = dict(zip(ids, products, strict=True))
-    return await ex.execute(
+    outcome = await ex.execute(
         o.stream_name(cmd.order_id),
         lambda: o.Order(cmd.order_id),
         lambda s: s.place(cmd, catalogue),
         order_view,
         ctx,
     )
+    span = trace.get_current_span()
+    if span.is_recording():
+        facts = {
+            "order.id": cmd.order_id,
+            "order.total": outcome.data["total"],
+            "items_count": len(cmd.items),
+        }
+        span.set_attributes(facts)
+        span.add_event("order_processed", facts | {"duplicate": outcome.duplicate})
+    return outcome
 
 
 async def cancel(ex: CommandExecutor, cmd: o.CancelOrder, ctx: MessageContext) -> Outcome:

@@ -29,6 +29,7 @@ from infra.sqlite_worker import SQLiteWorker
 from ordermesh.config import Settings
 from ordermesh.read_models import open_read_models
 from projections import all_projections
+from telemetry.exposition import EventLoopLag, MetricsEndpoint
 
 SERVICES = ("command", "relay", "projections", "query", "saga")
 
@@ -50,7 +51,15 @@ class App:
     executor: CommandExecutor | None = None
     sagas: SagaService | None = None
     saga_db: SQLiteWorker | None = None
+    metrics: MetricsEndpoint | None = None
     components: list[Component] = field(default_factory=list)
+
+    @property
+    def service_name(self) -> str:
+        """``ordermesh`` for everything in one process, else ``ordermesh-<services>``."""
+        if set(self.services) == set(SERVICES):
+            return "ordermesh"
+        return "ordermesh-" + "+".join(self.services)
 
     @property
     def nats_url(self) -> str:
@@ -79,6 +88,13 @@ class App:
         if {"projections", "query"} & set(self.services):
             self.read_models = open_read_models(s.read_model_path)
             await self.read_models.run(lambda _db: None)
+        observability: list[Component] = [EventLoopLag()]
+        if s.metrics_port:
+            self.metrics = MetricsEndpoint(s.metrics_port, s.metrics_host)
+            observability.append(self.metrics)
+        for component in observability:
+            await component.start()
+            self.components.append(component)
         for name in self.services:
             for component in self._build(name):
                 await component.start()
@@ -142,3 +158,4 @@ class App:
         if self.nats_server is not None:
             await self.nats_server.stop()
             self.nats_server = None
+        self.metrics = None

@@ -20,6 +20,7 @@ from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
 from ordermesh.read_models import checkpoints, open_read_models, projection_named, rebuild
 from projections import all_projections
+from telemetry.tracing import configure_tracing, shutdown_tracing
 
 app = typer.Typer(
     help="ordermesh: an event-sourced order system over NATS.",
@@ -37,13 +38,17 @@ def _serve(application: App, on_ready: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await application.start()
+        configure_tracing(application.service_name)
         try:
-            if on_ready == "banner":
-                _banner(application)
-            await stop.wait()
+            await application.start()
+            try:
+                if on_ready == "banner":
+                    _banner(application)
+                await stop.wait()
+            finally:
+                await application.stop()
         finally:
-            await application.stop()
+            shutdown_tracing()
 
     runtime.run(main())
 
@@ -58,6 +63,8 @@ def _banner(application: App) -> None:
     ]
     if server is not None:
         lines.append(f"  NATS monitoring {server.monitor_url}")
+    if application.metrics is not None:
+        lines.append(f"  metrics         {application.metrics.url}")
     lines += [
         f"  event store     {s.event_store_url}",
         f"  read models     sqlite:///{s.read_model_path.resolve()}",

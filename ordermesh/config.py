@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     nats_port: int = Field(default=4222, description="port of the embedded nats-server")
     nats_monitor_port: int = Field(default=8222, description="its HTTP monitoring port")
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, le=1024 * 1024)
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address /metrics binds (0.0.0.0 for a remote scraper)"
+    )
     saga: SagaPolicy = Field(
         default_factory=SagaPolicy,
         description="step timeouts and retries, e.g. ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT=60",

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from telemetry.context import log_ids
+
 if TYPE_CHECKING:
     from loguru import Record
 
@@ -65,12 +67,22 @@ def _text_line(record: Record) -> str:
     )
 
 
+def _with_context(record: Record) -> None:
+    """Fill the ids from the message being handled and the current span, unless bound."""
+    extra = record["extra"]
+    if extra.get("trace_id") is None or extra.get("correlation_id") is None:
+        for key, value in log_ids().items():
+            if extra.get(key) is None:
+                extra[key] = value
+
+
 def configure_logging(service: str, *, level: str | None = None, fmt: str | None = None) -> None:
     level = (level or os.environ.get("LOG_LEVEL", "INFO")).upper()
     fmt = (fmt or os.environ.get("LOG_FORMAT", "text")).lower()
     logger.remove()
     logger.configure(
-        extra={"service": service, "trace_id": None, "span_id": None, "correlation_id": None}
+        extra={"service": service, "trace_id": None, "span_id": None, "correlation_id": None},
+        patcher=_with_context,
     )
     if fmt == "json":
         logger.add(sys.stderr, level=level, format=_json_line, backtrace=False, diagnose=False)

@@ -101,6 +101,12 @@ def apply_batch(
     return applied
 
 
+def advance(db: sqlite3.Connection, projection: Projection, cp: Checkpoint) -> None:
+    """Move the checkpoint past an event without applying it (it went to the DLQ)."""
+    if checkpoint(db, projection.name) < cp:
+        _set_checkpoint(db, projection.name, cp)
+
+
 def reset(db: sqlite3.Connection, projection: Projection) -> None:
     """Empty the model and its checkpoint, ready for a replay from position 0."""
     for table in projection.tables:

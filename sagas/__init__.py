@@ -1,1 +1,1 @@
-"""Process managers (the order fulfilment saga) — arrives with its own issue."""
+"""Process managers: the order fulfilment saga (state machine, policy, runner, inbox)."""

@@ -35,6 +35,8 @@ UNDO = {
     "arrange_shipping": "cancel_shipment",
 }
 CANCEL_ORDER = "cancel_order"
+#: Outcome of ``cancel_order`` when the order turned out to be confirmed.
+ORDER_CONFIRMED = "order_confirmed"
 
 TIMEOUT = "timeout"
 
@@ -76,6 +78,7 @@ class SagaStarted(SagaEvent):
     total: Money
     payment_method: str
     shipping_address: ShippingAddress | None = None
+    started_at: datetime | None = None
 
 
 class StepStarted(SagaEvent):
@@ -155,6 +158,7 @@ class Saga:
     total: Decimal = Decimal("0.00")
     payment_method: str = "card"
     shipping_address: ShippingAddress | None = None
+    started_at: datetime | None = None
     step: str | None = None
     deadline: datetime | None = None
     failures: int = 0
@@ -175,7 +179,7 @@ class Saga:
             case SagaStarted():
                 self.exists, self.order_id, self.items = True, event.order_id, list(event.items)
                 self.total, self.payment_method = event.total, event.payment_method
-                self.shipping_address = event.shipping_address
+                self.shipping_address, self.started_at = event.shipping_address, event.started_at
             case StepStarted():
                 self.step, self.deadline, self.failures = event.step, event.deadline, 0
             case StepCompleted():
@@ -195,6 +199,7 @@ class Saga:
                     self.pending.pop(0)
             case SagaCompleted():
                 self.status, self.step, self.deadline = "completed", None, None
+                self.pending = []
             case SagaFailed():
                 self.status = "failed"
 
@@ -213,6 +218,7 @@ class Saga:
                 total=placed.total,
                 payment_method=placed.payment_method,
                 shipping_address=placed.shipping_address,
+                started_at=now,
             ),
             self._step_started(first, now, policy),
         ]
@@ -292,10 +298,31 @@ class Saga:
         # is idempotent and leaves a tombstone, so undoing nothing is harmless.
         if code in RETRYABLE and step in UNDO:
             actions.insert(0, UNDO[step])
-        actions.append(CANCEL_ORDER)
+        if step == STEPS[-1] and code in RETRYABLE:
+            # The confirmation may have been stored after all, and it cannot be undone:
+            # cancelling first lets the order decide. If it says "confirmed", the saga
+            # completes instead (see ``confirmed_after_all``) and nothing else is undone.
+            actions.insert(0, CANCEL_ORDER)
+        else:
+            actions.append(CANCEL_ORDER)
         return Compensating(
             saga_id=self.saga_id, failed_step=step, code=code, message=message, actions=actions
         )
+
+    def confirmed_after_all(self) -> list[Event]:
+        """The order refused cancellation because it is confirmed: a confirmation whose
+        reply was lost. Every step did happen, so the saga completes."""
+        if (
+            self.status != "compensating"
+            or self.failed_step != STEPS[-1]
+            or not self.pending
+            or self.pending[0] != CANCEL_ORDER
+        ):
+            return []
+        return [
+            Compensated(saga_id=self.saga_id, action=CANCEL_ORDER, outcome=ORDER_CONFIRMED),
+            SagaCompleted(saga_id=self.saga_id, order_id=self.order_id),
+        ]
 
     def action_done(self, action: str, outcome: str = "done") -> list[Event]:
         if not self.exists or self.status != "compensating" or not self.pending:

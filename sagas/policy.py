@@ -5,7 +5,9 @@ Set from the environment, e.g. ``ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT=5``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StepPolicy(BaseModel):
@@ -42,14 +44,37 @@ class CompensationPolicy(BaseModel):
         return float(min(self.backoff * 2 ** max(attempt - 1, 0), self.backoff_max))
 
 
+#: Each step's own defaults; a setting given for a step overrides just that field.
+STEP_DEFAULTS: dict[str, dict[str, float]] = {
+    "reserve_inventory": {"timeout": 30, "attempt_timeout": 10},
+    "process_payment": {"timeout": 60, "attempt_timeout": 20},
+    "arrange_shipping": {"timeout": 45, "attempt_timeout": 15},
+    "confirm_order": {"timeout": 10, "attempt_timeout": 5},
+}
+
+
 class SagaPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    reserve_inventory: StepPolicy = StepPolicy(timeout=30, attempt_timeout=10)
-    process_payment: StepPolicy = StepPolicy(timeout=60, attempt_timeout=20)
-    arrange_shipping: StepPolicy = StepPolicy(timeout=45, attempt_timeout=15)
-    confirm_order: StepPolicy = StepPolicy(timeout=10, attempt_timeout=5)
+    reserve_inventory: StepPolicy = StepPolicy(**STEP_DEFAULTS["reserve_inventory"])
+    process_payment: StepPolicy = StepPolicy(**STEP_DEFAULTS["process_payment"])
+    arrange_shipping: StepPolicy = StepPolicy(**STEP_DEFAULTS["arrange_shipping"])
+    confirm_order: StepPolicy = StepPolicy(**STEP_DEFAULTS["confirm_order"])
     compensation: CompensationPolicy = CompensationPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_step_defaults(cls, data: Any) -> Any:
+        """``ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT=5`` alone keeps the step's other
+        defaults, instead of failing for want of its attempt timeout."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for step, defaults in STEP_DEFAULTS.items():
+            given = merged.get(step)
+            if isinstance(given, dict):
+                merged[step] = defaults | given
+        return merged
 
     def step(self, name: str) -> StepPolicy:
         policy = getattr(self, name)

@@ -13,12 +13,15 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from loguru import logger
+from opentelemetry.trace import Span
 
+from domain.errors import InvalidState
 from domain.inventory import ReleaseInventory, ReserveInventory
 from domain.messages import Command, Event
 from domain.metadata import MessageContext
@@ -26,10 +29,24 @@ from domain.order import CancelOrder, ConfirmOrder, OrderPlaced
 from domain.payment import ProcessPayment, RefundPayment
 from domain.shipment import ArrangeShipment, CancelShipment
 from handlers.executor import CommandExecutor
-from sagas.order_fulfillment import RETRYABLE, SAGA_TYPE, Saga, stream_name
+from sagas.order_fulfillment import (
+    CANCEL_ORDER,
+    RETRYABLE,
+    SAGA_TYPE,
+    STEPS,
+    Saga,
+    SagaCompleted,
+    SagaFailed,
+    SagaStarted,
+    stream_name,
+)
 from sagas.policy import SagaPolicy
+from telemetry import tracing
+from telemetry.context import handling
+from telemetry.metrics import observe, saga_completed, saga_duration, saga_started
 
 SOURCE = "ordermesh.saga"
+INVALID_STATE = InvalidState.code
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +122,33 @@ class SagaRunner:
         """
         saga_id = placed.order_id
         policy = self.policy
-        saga = await self._record(
-            saga_id, "start", trigger, lambda s: s.start(placed, self.clock(), policy)
-        )
-        while not saga.terminal:
-            if saga.status == "running":
-                saga = await self._advance(saga, trigger)
-            else:
-                saga = await self._compensate(saga, trigger)
+        with handling(trigger):
+            with self._span("start", trigger, saga_id):
+                saga = await self._record(
+                    saga_id, "start", trigger, lambda s: s.start(placed, self.clock(), policy)
+                )
+            while not saga.terminal:
+                if saga.status == "running":
+                    saga = await self._advance(saga, trigger)
+                else:
+                    saga = await self._compensate(saga, trigger)
         return saga
+
+    def _span(
+        self, name: str, trigger: MessageContext, saga_id: str, **attributes: Any
+    ) -> AbstractContextManager[Span]:
+        """A span per step attempt or compensation, in the trace of the placed order."""
+        return tracing.span(
+            f"{SAGA_TYPE}.{name}",
+            traceparent=trigger.traceparent,
+            tracestate=trigger.tracestate,
+            attributes={
+                "saga.type": SAGA_TYPE,
+                "saga.id": saga_id,
+                "order.id": saga_id,
+                **{f"saga.{k}": v for k, v in attributes.items()},
+            },
+        )
 
     async def _record(
         self,
@@ -137,7 +172,19 @@ class SagaRunner:
             # Recorded before a restart: the stream has moved on since.
             return await self.executor.load(stream, new)
         saga: Saga = outcome.data["saga"]
+        self._count(outcome.events, saga)
         return saga
+
+    def _count(self, events: list[Event], saga: Saga) -> None:
+        for event in events:
+            if isinstance(event, SagaStarted):
+                saga_started.labels(SAGA_TYPE).inc()
+            elif isinstance(event, SagaCompleted | SagaFailed):
+                status = "completed" if isinstance(event, SagaCompleted) else "failed"
+                saga_completed.labels(SAGA_TYPE, status).inc()
+                if saga.started_at is not None:
+                    seconds = (self.clock() - saga.started_at).total_seconds()
+                    observe(saga_duration, seconds, SAGA_TYPE)
 
     def _command_ctx(
         self, trigger: MessageContext, saga: Saga, command: Command, key: str
@@ -172,49 +219,62 @@ class SagaRunner:
             if remaining <= 0:
                 return saga  # the loop comes back here and records the deadline
         command = step_command(saga, step)
-        ctx = self._command_ctx(trigger, saga, command, f"{step}:{attempt}")
-        reply = await self.bus.send(command, ctx, min(policy.attempt_timeout, remaining))
-        if reply.ok:
+        with self._span(step, trigger, saga.saga_id, step=step, attempt=attempt) as span:
+            ctx = self._command_ctx(trigger, saga, command, f"{step}:{attempt}")
+            reply = await self.bus.send(command, ctx, min(policy.attempt_timeout, remaining))
+            if reply.ok:
+                return await self._record(
+                    saga.saga_id,
+                    f"{step}:{attempt}:ok",
+                    trigger,
+                    lambda s: s.step_succeeded(step, reply.data, self.clock(), self.policy),
+                )
+            tracing.fail(span, reply.code, reply.message)
+            logger.bind(saga_id=saga.saga_id).info(
+                "saga {} step {} attempt {} failed: {}", saga.saga_id, step, attempt, reply.code
+            )
             return await self._record(
                 saga.saga_id,
-                f"{step}:{attempt}:ok",
+                f"{step}:{attempt}:failed",
                 trigger,
-                lambda s: s.step_succeeded(step, reply.data, self.clock(), self.policy),
+                lambda s: s.step_failed(
+                    step, attempt, reply.code, reply.message, self.clock(), self.policy
+                ),
             )
-        logger.bind(
-            trace_id=trigger.trace_id, correlation_id=trigger.correlation_id, saga_id=saga.saga_id
-        ).info("saga {} step {} attempt {} failed: {}", saga.saga_id, step, attempt, reply.code)
-        return await self._record(
-            saga.saga_id,
-            f"{step}:{attempt}:failed",
-            trigger,
-            lambda s: s.step_failed(
-                step, attempt, reply.code, reply.message, self.clock(), self.policy
-            ),
-        )
 
     async def _compensate(self, saga: Saga, trigger: MessageContext) -> Saga:
         action = saga.pending[0]
         policy = self.policy.compensation
         command = undo_command(saga, action)
-        attempt = 0
-        while True:
-            attempt += 1
-            ctx = self._command_ctx(trigger, saga, command, f"{action}:{attempt}")
-            reply = await self.bus.send(command, ctx, policy.attempt_timeout)
-            if reply.ok or reply.code not in RETRYABLE:
-                break
-            await asyncio.sleep(policy.delay(attempt))
-        outcome = "done" if reply.ok else reply.code
-        if not reply.ok:
-            # Retrying cannot help (e.g. the order was confirmed meanwhile): say so loudly.
-            logger.bind(
-                trace_id=trigger.trace_id,
-                correlation_id=trigger.correlation_id,
-                saga_id=saga.saga_id,
-            ).error(
-                "saga {} could not {}: {} ({})", saga.saga_id, action, reply.code, reply.message
+        with self._span(action, trigger, saga.saga_id, action=action) as span:
+            attempt = 0
+            while True:
+                attempt += 1
+                ctx = self._command_ctx(trigger, saga, command, f"{action}:{attempt}")
+                reply = await self.bus.send(command, ctx, policy.attempt_timeout)
+                if reply.ok or reply.code not in RETRYABLE:
+                    break
+                await asyncio.sleep(policy.delay(attempt))
+            if (
+                action == CANCEL_ORDER
+                and reply.code == INVALID_STATE
+                and saga.failed_step == STEPS[-1]
+            ):
+                # The order is confirmed: the confirmation's reply was lost, not the step.
+                return await self._record(
+                    saga.saga_id, "confirmed_after_all", trigger, lambda s: s.confirmed_after_all()
+                )
+            outcome = "done" if reply.ok else reply.code
+            if not reply.ok:
+                # Retrying cannot help (e.g. the order was confirmed meanwhile): say so loudly.
+                tracing.fail(span, reply.code, reply.message)
+                logger.bind(saga_id=saga.saga_id).error(
+                    "saga {} could not {}: {} ({})",
+                    saga.saga_id,
+                    action,
+                    reply.code,
+                    reply.message,
+                )
+            return await self._record(
+                saga.saga_id, f"undo:{action}", trigger, lambda s: s.action_done(action, outcome)
             )
-        return await self._record(
-            saga.saga_id, f"undo:{action}", trigger, lambda s: s.action_done(action, outcome)
-        )

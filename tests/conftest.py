@@ -17,6 +17,10 @@ from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
+from ordermesh.logs import configure_logging
+
+# As the CLI does: records get their ids from the message being handled.
+configure_logging("tests")
 
 
 @pytest.fixture
@@ -39,7 +43,8 @@ async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[NATS]:
 
 
 def settings_for(server: EmbeddedNatsServer, data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(nats_url=server.url, data_dir=data_dir, **overrides)
+    """Settings for a test app: its own data dir, and no /metrics port unless asked."""
+    return Settings(nats_url=server.url, data_dir=data_dir, **({"metrics_port": 0} | overrides))
 
 
 #: Everything but the saga: tests of the core count exactly the events their commands cause.

@@ -46,6 +46,7 @@ from domain.event_store import (
     StreamState,
     WrongExpectedRevision,
 )
+from telemetry.metrics import timed
 
 _STREAM_STATES: dict[StreamState, KdbStreamState] = {
     StreamState.ANY: KdbStreamState.ANY,
@@ -92,6 +93,8 @@ def to_recorded_event(event: KdbRecordedEvent) -> RecordedEvent:
 class KurrentDBEventStore:
     """The server adapter; create it with :meth:`connect`, which owns the client."""
 
+    system = "kurrentdb"
+
     def __init__(self, client: AsyncKurrentDBClient) -> None:
         self._client = client
         self._closed = False
@@ -136,9 +139,10 @@ class KurrentDBEventStore:
             for event in events
         ]
         try:
-            position = await self._client.append_to_stream(
-                stream, events=new_events, current_version=current_version
-            )
+            with timed("append"):
+                position = await self._client.append_to_stream(
+                    stream, events=new_events, current_version=current_version
+                )
         except WrongCurrentVersionError as exc:
             actual = exc.actual_version
             # The library reports a missing stream as StreamState.NO_STREAM; the port as None.
@@ -180,6 +184,10 @@ class KurrentDBEventStore:
 
     async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
         """Read one stream; the server answers "not found" for a stream never written."""
+        with timed("read_stream"):
+            return await self._read_stream(stream, from_revision)
+
+    async def _read_stream(self, stream: str, from_revision: int) -> list[RecordedEvent]:
         self._check_open()
         try:
             source = await self._client.read_stream(stream, stream_position=max(from_revision, 0))
@@ -200,6 +208,10 @@ class KurrentDBEventStore:
         """
         if limit <= 0:
             return []
+        with timed("read_all"):
+            return await self._read_page(after, limit)
+
+    async def _read_page(self, after: int, limit: int) -> list[RecordedEvent]:
         page: list[RecordedEvent] = []
         events = self._events(after, live=False)
         try:
@@ -234,11 +246,12 @@ class KurrentDBEventStore:
             try:
                 if live:
                     # subscribe_to_all's commit_position is exclusive.
-                    source = await self._client.subscribe_to_all(
-                        commit_position=start,
-                        filter_exclude=_EXCLUDE_SYSTEM_STREAMS,
-                        filter_by_stream_name=True,
-                    )
+                    with timed("subscribe"):
+                        source = await self._client.subscribe_to_all(
+                            commit_position=start,
+                            filter_exclude=_EXCLUDE_SYSTEM_STREAMS,
+                            filter_by_stream_name=True,
+                        )
                 else:
                     # read_all's commit_position is inclusive; skip_to drops that event.
                     source = await self._client.read_all(

@@ -30,6 +30,7 @@ from domain.event_store import (
     WrongExpectedRevision,
 )
 from infra.sqlite_worker import SQLiteWorker
+from telemetry.metrics import timed
 
 T = TypeVar("T")
 
@@ -80,6 +81,8 @@ def _row_to_event(row: tuple[str, str, int, int, str, str, str, str]) -> Recorde
 class SQLiteEventStore:
     """The embedded adapter; open it with :meth:`open`."""
 
+    system = "sqlite"
+
     def __init__(self, worker: SQLiteWorker, poll_interval: float) -> None:
         self._worker = worker
         self._poll_interval = poll_interval
@@ -126,9 +129,10 @@ class SQLiteEventStore:
         if not events:
             raise ValueError("append needs at least one event")
         batch = list(events)
-        result: AppendResult = await self._submit(
-            lambda db: _append(db, stream, batch, expected_revision), writes=True
-        )
+        with timed("append"):
+            result: AppendResult = await self._submit(
+                lambda db: _append(db, stream, batch, expected_revision), writes=True
+            )
         return result
 
     async def _submit(self, run: Callable[[sqlite3.Connection], Any], *, writes: bool) -> Any:
@@ -172,17 +176,22 @@ class SQLiteEventStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:
-        rows = await self._submit(
-            lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND revision >= ?"
-                " ORDER BY revision",
-                (stream, from_revision),
-            ).fetchall(),
-            writes=False,
-        )
+        with timed("read_stream"):
+            rows = await self._submit(
+                lambda db: db.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND revision >= ?"
+                    " ORDER BY revision",
+                    (stream, from_revision),
+                ).fetchall(),
+                writes=False,
+            )
         return [_row_to_event(r) for r in rows]
 
     async def read_all(self, after: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        with timed("read_all"):
+            return await self._read_all(after, limit)
+
+    async def _read_all(self, after: int, limit: int) -> list[RecordedEvent]:
         rows = await self._run(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
@@ -197,7 +206,8 @@ class SQLiteEventStore:
             # Take the wake-up event *before* reading so that an append landing between
             # the read and the wait still wakes us.
             appended = self._appended
-            batch = await self.read_all(position, _SUBSCRIBE_BATCH)
+            with timed("subscribe"):
+                batch = await self._read_all(position, _SUBSCRIBE_BATCH)
             for event in batch:
                 position = event.position
                 yield event

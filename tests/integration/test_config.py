@@ -17,7 +17,7 @@ async def test_up_uses_the_given_nats_server_instead_of_embedding_one(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    app = App(Settings(nats_url=nats_server.url, data_dir=data), embedded_nats=True)
+    app = App(Settings(nats_url=nats_server.url, data_dir=data, metrics_port=0), embedded_nats=True)
     await app.start()
     try:
         assert app.nats_server is None
@@ -36,6 +36,7 @@ async def test_eventstore_url_chooses_the_store_file(
         nats_url=nats_server.url,
         data_dir=tmp_path / "data",
         eventstore_url=f"sqlite:///{store_file}?synchronous=full",
+        metrics_port=0,
     )
     app = App(settings, ("command",))
     await app.start()

@@ -31,7 +31,15 @@ WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
 
 def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")}
-    env.update({"ORDERMESH_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", **extra})
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+    env.update(
+        {
+            "ORDERMESH_DATA_DIR": str(data_dir),
+            "ORDERMESH_METRICS_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
     return env
 
 

@@ -584,3 +584,65 @@ async def test_a_runner_restarted_after_the_deadline_gives_up_without_sending(
 def test_the_saga_stream_is_named_after_the_saga() -> None:
     assert stream_name(ORDER) == STREAM
     assert Saga(ORDER).saga_id == ORDER
+
+
+# -- a confirmation whose replies were lost ---------------------------------------------------
+
+
+async def test_lost_confirmation_replies_complete_the_saga_when_the_order_is_confirmed(
+    store: SQLiteEventStore,
+) -> None:
+    """The confirm step ran out of time, but the order says it is confirmed: nothing is
+    refunded or released, and the saga completes."""
+    clock = Clock()
+    bus = FakeBus(clock)
+    bus.silent.add("order.confirm")
+    bus.script["order.cancel"] = [Reply(False, code="invalid_state", message="order is confirmed")]
+    saga = await runner_for(store, bus, clock).run(placed(), TRIGGER)
+
+    assert saga.status == "completed"
+    types = bus.types()
+    assert types[-1] == "order.cancel"
+    assert "payment.refund" not in types and "inventory.release" not in types
+    events = await saga_events(store)
+    compensating = [e for e in events if isinstance(e, Compensating)]
+    assert compensating[0].actions[0] == "cancel_order"
+    assert names(events)[-2:] == ["compensated", "completed"]
+    last = events[-2]
+    assert isinstance(last, Compensated) and last.outcome == "order_confirmed"
+
+
+async def test_lost_confirmation_is_compensated_when_the_order_was_not_confirmed(
+    store: SQLiteEventStore,
+) -> None:
+    clock = Clock()
+    bus = FakeBus(clock)
+    bus.silent.add("order.confirm")
+    saga = await runner_for(store, bus, clock).run(placed(), TRIGGER)
+
+    assert saga.status == "failed" and saga.code == "timeout"
+    undo = [
+        t
+        for t in bus.types()
+        if t in ("order.cancel", "shipment.cancel", "payment.refund", "inventory.release")
+    ]
+    assert undo == ["order.cancel", "shipment.cancel", "payment.refund", "inventory.release"]
+
+
+def test_one_step_setting_keeps_that_steps_other_defaults() -> None:
+    policy = SagaPolicy.model_validate({"process_payment": {"timeout": "5"}})
+    assert policy.process_payment.timeout == 5
+    assert policy.process_payment.attempt_timeout == 20
+    assert policy.reserve_inventory.timeout == 30
+
+
+def test_step_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ordermesh.config import Settings
+
+    monkeypatch.setenv("ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT", "7")
+    monkeypatch.setenv("ORDERMESH_SAGA__CONFIRM_ORDER__MAX_ATTEMPTS", "2")
+    settings = Settings()
+    assert settings.saga.process_payment.timeout == 7
+    assert settings.saga.process_payment.attempt_timeout == 20
+    assert settings.saga.confirm_order.max_attempts == 2
+    assert settings.saga.confirm_order.timeout == 10

@@ -1,0 +1,155 @@
+"""Prometheus metrics. The names and labels are a contract: dashboards and alerts
+outside the code depend on them (see ``docs/operations.md``).
+
+Labels are types, codes and statuses only, never ids. Histograms carry the current
+trace id as an exemplar, so a latency spike links to the trace that caused it (visible
+when scraped as OpenMetrics).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from telemetry.tracing import current_ids
+
+#: Message handling: from sub-millisecond to the 30 s a saga step may wait.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+#: A saga runs for milliseconds when all goes well and a minute when a step times out.
+SAGA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+#: The label value for a type nobody registered, so a client cannot mint label values.
+UNKNOWN = "unknown"
+
+command_dispatched = Counter(
+    "ordermesh_command_dispatched",
+    "Commands received, by type (whatever their outcome)",
+    ["command_type"],
+)
+command_errors = Counter(
+    "ordermesh_command_errors",
+    "Commands answered with ok: false, by type and error code",
+    ["command_type", "code"],
+)
+command_duration = Histogram(
+    "ordermesh_command_processing_duration_seconds",
+    "Time from receiving a command to sending its reply",
+    ["command_type"],
+    buckets=LATENCY_BUCKETS,
+)
+event_stored = Counter(
+    "ordermesh_event_stored", "Events appended to the event store, by type", ["event_type"]
+)
+event_processing = Histogram(
+    "ordermesh_event_processing_duration_seconds",
+    "Time a consumer spent applying an event (its batch's apply time)",
+    ["event_type", "consumer"],
+    buckets=LATENCY_BUCKETS,
+)
+query_executed = Counter(
+    "ordermesh_query_executed", "Queries received, by type (whatever their outcome)", ["query_type"]
+)
+query_errors = Counter(
+    "ordermesh_query_errors",
+    "Queries answered with ok: false, by type and error code",
+    ["query_type", "code"],
+)
+query_duration = Histogram(
+    "ordermesh_query_execution_duration_seconds",
+    "Time from receiving a query to sending its reply",
+    ["query_type"],
+    buckets=LATENCY_BUCKETS,
+)
+saga_started = Counter("ordermesh_saga_started", "Sagas started", ["saga_type"])
+saga_completed = Counter(
+    "ordermesh_saga_completed",
+    "Sagas ended, by final status (completed, or failed after compensation)",
+    ["saga_type", "status"],
+)
+saga_duration = Histogram(
+    "ordermesh_saga_duration_seconds",
+    "Time from a saga's start to its end",
+    ["saga_type"],
+    buckets=SAGA_BUCKETS,
+)
+saga_active = Gauge("ordermesh_saga_active", "Sagas this process is driving now", ["saga_type"])
+eventstore_duration = Histogram(
+    "ordermesh_eventstore_operation_duration_seconds",
+    "Event store calls: append, read_stream, read_all, and each read a subscription makes",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+projection_lag = Gauge(
+    "ordermesh_projection_lag_seconds",
+    "Age of the newest event a projection has applied, when it applied it",
+    ["projection"],
+)
+relay_lag = Gauge(
+    "ordermesh_relay_lag_seconds",
+    "Age of the newest event the relay has had acknowledged by JetStream, at the ack",
+)
+dlq_messages = Counter(
+    "ordermesh_dlq_messages",
+    "Messages set aside in the DLQ stream, by the subject they arrived on",
+    ["subject"],
+)
+event_loop_lag = Gauge(
+    "ordermesh_event_loop_lag_seconds",
+    "How late the event loop ran a callback it had scheduled (sampled every 0.5 s)",
+)
+
+
+class RequestMetrics(NamedTuple):
+    """The RED trio of one request/reply family."""
+
+    received: Counter
+    errors: Counter
+    duration: Histogram
+
+
+COMMAND_METRICS = RequestMetrics(command_dispatched, command_errors, command_duration)
+QUERY_METRICS = RequestMetrics(query_executed, query_errors, query_duration)
+
+
+def exemplar(trace_id: str | None = None) -> dict[str, str] | None:
+    """The given or current trace id, for a histogram observation."""
+    if trace_id is None:
+        ids = current_ids()
+        trace_id = ids[0] if ids else None
+    return {"trace_id": trace_id} if trace_id else None
+
+
+def observe(
+    histogram: Histogram, seconds: float, *labels: str, trace_id: str | None = None
+) -> None:
+    histogram.labels(*labels).observe(seconds, exemplar(trace_id))
+
+
+@contextmanager
+def timed(operation: str) -> Iterator[None]:
+    """Time one event-store call (errors included: a slow failure is still slow)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        observe(eventstore_duration, time.perf_counter() - started, operation)
