@@ -4,7 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test bench lint typecheck format clean
+.PHONY: up test bench lint typecheck format clean tools
+
+# promtool (Debian's prometheus package) checks the /metrics exposition in the tests.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +23,11 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/ordermesh up
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	ORDERMESH_REQUIRE_PROMTOOL=1 $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

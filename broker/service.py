@@ -19,6 +19,7 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
@@ -154,9 +155,11 @@ class RequestService:
         try:
             data = await self._dispatch(msg, msg_type, ctx)
         except CodedError as exc:
+            trace.get_current_span().record_exception(exc)
             _log(ctx, msg_type).warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
             return replies.error(exc.code, exc.message, exc.details), (exc.code, exc.message)
         except EventStoreUnavailable as exc:
+            trace.get_current_span().record_exception(exc)
             _log(ctx, msg_type).error("event store unavailable: {}", exc)
             message = "event store unavailable"
             return replies.error(replies.STORE_UNAVAILABLE, message), (
@@ -165,7 +168,8 @@ class RequestService:
             )
         except Unresponsive:
             raise
-        except Exception:
+        except Exception as exc:
+            trace.get_current_span().record_exception(exc)
             _log(ctx, msg_type).exception("{} failed", msg_type)
             message = "internal error; see the service log"
             return replies.error(replies.INTERNAL_ERROR, message), (replies.INTERNAL_ERROR, message)

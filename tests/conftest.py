@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError as JsNotFoundError
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
+from sagas.policy import CompensationPolicy, SagaPolicy, StepPolicy
+from telemetry import tracing
 
 # As the CLI does: records get their ids from the message being handled.
 configure_logging("tests")
@@ -96,3 +100,35 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+#: Short enough that the timeout path takes a second, long enough for a busy CI machine.
+FAST = SagaPolicy(
+    reserve_inventory=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
+    process_payment=StepPolicy(timeout=1.5, attempt_timeout=0.5, backoff=0.02),
+    arrange_shipping=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
+    confirm_order=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
+    compensation=CompensationPolicy(attempt_timeout=5, backoff=0.02),
+)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing("ordermesh-test", processors=[SimpleSpanProcessor(exporter)])
+    try:
+        yield exporter
+    finally:
+        tracing.shutdown_tracing()
+
+
+@pytest.fixture
+async def traced_app(
+    spans: InMemorySpanExporter, nats_server: EmbeddedNatsServer, tmp_path: Path
+) -> AsyncIterator[App]:
+    application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop()

@@ -18,20 +18,11 @@ from nats.aio.msg import Msg
 from domain.event_store import EventStore
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
-from sagas.policy import CompensationPolicy, SagaPolicy, StepPolicy
-from tests.conftest import eventually, request, settings_for
+from tests.conftest import FAST, eventually, request, settings_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
-#: Short enough that the timeout path takes a second, long enough for a busy CI machine.
-FAST = SagaPolicy(
-    reserve_inventory=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
-    process_payment=StepPolicy(timeout=1.5, attempt_timeout=0.5, backoff=0.02),
-    arrange_shipping=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
-    confirm_order=StepPolicy(timeout=20, attempt_timeout=5, backoff=0.02),
-    compensation=CompensationPolicy(attempt_timeout=5, backoff=0.02),
-)
 TERMINAL = {"confirmed", "cancelled"}
 
 

@@ -1,0 +1,202 @@
+"""Every metric family of the contract, after a short mixed workload, scraped from the
+real /metrics endpoint; exemplars in OpenMetrics; ``promtool check metrics`` clean."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from infra.nats_server import EmbeddedNatsServer, free_port
+from ordermesh.app import SERVICES, App
+from tests.conftest import FAST, eventually, request, settings_for
+from tests.integration.test_saga import create_product, place, settled
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+#: The contract: family → labels every sample of it carries.
+FAMILIES = {
+    "ordermesh_command_dispatched": {"command_type"},
+    "ordermesh_command_errors": {"command_type", "code"},
+    "ordermesh_command_processing_duration_seconds": {"command_type"},
+    "ordermesh_event_stored": {"event_type"},
+    "ordermesh_event_processing_duration_seconds": {"event_type", "consumer"},
+    "ordermesh_query_executed": {"query_type"},
+    "ordermesh_query_execution_duration_seconds": {"query_type"},
+    "ordermesh_saga_started": {"saga_type"},
+    "ordermesh_saga_completed": {"saga_type", "status"},
+    "ordermesh_saga_duration_seconds": {"saga_type"},
+    "ordermesh_saga_active": {"saga_type"},
+    "ordermesh_eventstore_operation_duration_seconds": {"operation"},
+    "ordermesh_projection_lag_seconds": {"projection"},
+    "ordermesh_relay_lag_seconds": set(),
+    "ordermesh_dlq_messages": {"subject"},
+    "ordermesh_event_loop_lag_seconds": set(),
+}
+HISTOGRAMS = {name for name in FAMILIES if name.endswith("_seconds") and "lag" not in name}
+HISTOGRAMS.discard("ordermesh_saga_active")
+
+
+@pytest.fixture
+async def metered_app(
+    spans: InMemorySpanExporter, nats_server: EmbeddedNatsServer, tmp_path: Path
+) -> AsyncIterator[App]:
+    settings = settings_for(nats_server, tmp_path / "data", saga=FAST, metrics_port=free_port())
+    application = App(settings, SERVICES)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop()
+
+
+def scrape(url: str, accept: str | None = None) -> str:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def workload(app: App, nc: NATS) -> None:
+    await create_product(nc, "p-1", 10)
+    await place(nc, "o-ok", [("p-1", 1)])
+    await place(nc, "o-declined", [("p-1", 1)], payment_method="declined-card")
+    bad = await request(nc, "commands.order.place", {"customer_id": "c-1", "items": []})
+    assert bad["error"]["code"] == "validation_error"
+    assert (await request(nc, "queries.order.list", {}))["ok"]
+    assert not (await request(nc, "queries.order.get", {"order_id": "o-none"}))["ok"]
+    # Not ours: no headers, not JSON. It must end in the DLQ, not block the projections.
+    await nc.jetstream().publish("events.foreign.thing", b"\x00garbage")
+    await settled(nc, "o-ok")
+    await settled(nc, "o-declined")
+    assert app.store is not None
+    await app.store.read_all(0, 10)
+
+    async def dead_lettered() -> bool:
+        info = await nc.jetstream().stream_info("DLQ")
+        return bool(info.state.messages >= 2)  # once per consumer: read models and saga
+
+    await eventually(dead_lettered)
+
+
+async def test_every_family_has_samples_with_its_labels_and_exemplars(
+    metered_app: App, nc: NATS
+) -> None:
+    assert metered_app.metrics is not None
+    url = metered_app.metrics.url
+    started = value("ordermesh_saga_started_total", saga_type="order_fulfillment")
+    done = value(
+        "ordermesh_saga_completed_total", saga_type="order_fulfillment", status="completed"
+    )
+    failed = value("ordermesh_saga_completed_total", saga_type="order_fulfillment", status="failed")
+    declined = value(
+        "ordermesh_command_errors_total", command_type="payment.process", code="payment_declined"
+    )
+
+    await workload(metered_app, nc)
+
+    text = await asyncio.to_thread(scrape, url, OPENMETRICS)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, labels in FAMILIES.items():
+        assert name in families, name
+        samples = families[name].samples
+        assert samples, name
+        for sample in samples:
+            assert labels <= set(sample.labels), (name, sample.labels)
+
+    def samples(name: str) -> list[Sample]:
+        return list(families[name].samples)
+
+    def label_values(name: str, label: str) -> set[str]:
+        return {s.labels[label] for s in samples(name) if label in s.labels}
+
+    assert {"order.place", "inventory.reserve", "payment.process", "shipment.arrange"} <= (
+        label_values("ordermesh_command_dispatched", "command_type")
+    )
+    assert ("order.place", "validation_error") in {
+        (s.labels["command_type"], s.labels["code"]) for s in samples("ordermesh_command_errors")
+    }
+    assert {"order.placed", "order_fulfillment.completed", "payment.declined"} <= label_values(
+        "ordermesh_event_stored", "event_type"
+    )
+    assert {"products+orders+sagas", "saga_inbox"} <= label_values(
+        "ordermesh_event_processing_duration_seconds", "consumer"
+    )
+    assert {"order.list", "order.get"} <= label_values("ordermesh_query_executed", "query_type")
+    assert {"append", "read_stream", "read_all", "subscribe"} <= label_values(
+        "ordermesh_eventstore_operation_duration_seconds", "operation"
+    )
+    assert {"products", "orders", "sagas", "saga_inbox"} <= label_values(
+        "ordermesh_projection_lag_seconds", "projection"
+    )
+    assert "events.foreign.thing" in label_values("ordermesh_dlq_messages", "subject")
+    assert any(name.startswith("process_") for name in families)
+    assert any(name.startswith("python_gc_") for name in families)
+
+    # Business counts moved by exactly this workload.
+    assert value("ordermesh_saga_started_total", saga_type="order_fulfillment") == started + 2
+    assert (
+        value("ordermesh_saga_completed_total", saga_type="order_fulfillment", status="completed")
+        == done + 1
+    )
+    assert (
+        value("ordermesh_saga_completed_total", saga_type="order_fulfillment", status="failed")
+        == failed + 1
+    )
+    assert value("ordermesh_saga_active", saga_type="order_fulfillment") == 0
+    assert (
+        value(
+            "ordermesh_command_errors_total",
+            command_type="payment.process",
+            code="payment_declined",
+        )
+        == declined + 1
+    )
+
+    # Latency spikes link to traces.
+    for name in HISTOGRAMS:
+        exemplars = [s.exemplar for s in samples(name) if s.exemplar is not None]
+        assert exemplars, name
+        for exemplar in exemplars:
+            assert re.fullmatch(r"[0-9a-f]{32}", exemplar.labels["trace_id"]), exemplar
+
+    # Low cardinality: no order id ever became a label value.
+    for family in families.values():
+        for sample in family.samples:
+            assert not any(v.startswith("o-") for v in sample.labels.values()), sample
+
+
+async def test_promtool_finds_nothing_wrong(metered_app: App, nc: NATS) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("ORDERMESH_REQUIRE_PROMTOOL") == "1":
+            pytest.fail("promtool is required here (make test installs Debian's prometheus)")
+        pytest.skip("promtool not installed (make test installs it)")
+    await workload(metered_app, nc)
+    assert metered_app.metrics is not None
+    text = await asyncio.to_thread(scrape, metered_app.metrics.url)
+    proc = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(text.encode())
+    assert proc.returncode == 0 and out.decode().strip() == "", out.decode()

@@ -1,0 +1,118 @@
+"""Spans leave the process over real OTLP/HTTP (protobuf) to a receiver in the test."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from infra.nats_server import EmbeddedNatsServer
+from tests.conftest import eventually, request
+from tests.integration.test_processes import env_for, ordermesh, ready
+
+TRACE_ID = "5bf92f3577b34da6a3ce929d0e0e4731"
+
+
+class Receiver:
+    """A minimal OTLP/HTTP collector: keeps every decoded export request."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.paths: list[str] = []
+        self.content_types: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                decoded = ExportTraceServiceRequest()
+                decoded.ParseFromString(body)
+                receiver.requests.append(decoded)
+                receiver.paths.append(self.path)
+                receiver.content_types.append(self.headers.get("Content-Type", ""))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def spans(self) -> list[tuple[str, str, str]]:
+        """(service.name, span name, trace id hex) of everything received."""
+        found = []
+        for req in self.requests:
+            for rs in req.resource_spans:
+                service = next(
+                    a.value.string_value for a in rs.resource.attributes if a.key == "service.name"
+                )
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        found.append((service, span.name, span.trace_id.hex()))
+        return found
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+        r.server.server_close()
+
+
+async def test_a_service_exports_its_spans_under_its_own_name(
+    receiver: Receiver, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    env = env_for(
+        tmp_path / "data",
+        ORDERMESH_NATS_URL=nats_server.url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_TRACES_SAMPLER="always_on",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    async with ordermesh("run", "command", env=env):
+
+        async def serving() -> bool:
+            return await ready(nc, "commands.product.change_price", {})
+
+        await eventually(serving, timeout=30)
+        reply = await request(
+            nc,
+            "commands.product.create",
+            {"product_id": "p-1", "name": "W", "price": "1.00"},
+            headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+        )
+        assert reply["ok"], reply
+
+        async def exported() -> bool:
+            return ("ordermesh-command", "product.create process", TRACE_ID) in receiver.spans()
+
+        await eventually(exported, timeout=20)
+    ours = [s for s in receiver.spans() if s[2] == TRACE_ID]
+    assert {name for _service, name, _trace in ours} == {
+        "product.create process",
+        "eventstore.append",
+    }
+    assert set(receiver.paths) == {"/v1/traces"}
+    assert set(receiver.content_types) == {"application/x-protobuf"}

@@ -1,0 +1,84 @@
+"""Tracing is configured by the standard OTEL_* variables and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased
+
+from telemetry import tracing
+
+
+@pytest.fixture(autouse=True)
+def reset() -> Iterator[None]:
+    yield
+    tracing.shutdown_tracing()
+
+
+def test_no_endpoint_means_no_tracing_at_all() -> None:
+    assert tracing.configure_tracing("ordermesh-command", environ={}) is None
+    assert not tracing.enabled()
+    with tracing.span("x process") as span:
+        assert not span.is_recording()
+
+
+def test_an_endpoint_turns_on_batch_export_under_the_services_name() -> None:
+    provider = tracing.configure_tracing(
+        "ordermesh-command",
+        environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
+    )
+    assert provider is not None and tracing.enabled()
+    assert provider.resource.attributes[SERVICE_NAME] == "ordermesh-command"
+    processors = provider._active_span_processor._span_processors
+    assert [type(p).__name__ for p in processors] == ["BatchSpanProcessor"]
+
+
+def test_sdk_disabled_and_exporter_none_turn_it_off() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert tracing.configure_tracing("s", environ=endpoint | {"OTEL_SDK_DISABLED": "true"}) is None
+    assert (
+        tracing.configure_tracing("s", environ=endpoint | {"OTEL_TRACES_EXPORTER": "none"}) is None
+    )
+
+
+def test_otel_service_name_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "orders-east")
+    provider = tracing.configure_tracing(
+        "ordermesh-command",
+        environ={"OTEL_SERVICE_NAME": "orders-east", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"},
+    )
+    assert provider is not None
+    assert provider.resource.attributes[SERVICE_NAME] == "orders-east"
+
+
+def test_the_sampler_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    exporter = InMemorySpanExporter()
+    provider = tracing.configure_tracing("s", processors=[SimpleSpanProcessor(exporter)])
+    assert provider is not None
+    assert isinstance(provider.sampler, ParentBased)
+    with tracing.span("x process") as span:
+        assert not span.is_recording()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_traceparent_round_trip_and_garbage() -> None:
+    tracing.configure_tracing("s", processors=[SimpleSpanProcessor(InMemorySpanExporter())])
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with tracing.span("child", traceparent=parent, tracestate="k=v") as span:
+        child = tracing.traceparent_of(span)
+        assert child is not None
+        assert child.split("-")[1] == parent.split("-")[1]
+        assert child.split("-")[2] != parent.split("-")[2]
+        assert span.get_span_context().trace_state.get("k") == "v"
+    for bad in (
+        "",
+        "garbage",
+        "00-xyz-00f067aa0ba902b7-01",
+        "00-" + "0" * 32 + "-" + "0" * 16 + "-01",
+    ):
+        assert tracing.parent(bad) is None
