@@ -72,6 +72,12 @@ class SagaService:
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
         self.finished = 0
+        self._finishing = asyncio.Event()
+
+    async def wait_finished(self, count: int) -> None:
+        """Until ``count`` sagas have ended in this process (benchmarks, tests)."""
+        while self.finished < count:
+            await self._finishing.wait()
 
     @property
     def active(self) -> int:
@@ -119,6 +125,8 @@ class SagaService:
                     saga = await self.runner.run(placed, ctx)
                     await self._db.run(lambda db: inbox.done(db, saga_id))
                     self.finished += 1
+                    finishing, self._finishing = self._finishing, asyncio.Event()
+                    finishing.set()
                     logger.debug("saga {} {}", saga_id, saga.status)
                     return
                 except asyncio.CancelledError:

@@ -135,6 +135,7 @@ class RequestService:
                     reply, error = await self._answer(msg, msg_type, ctx)
                 except Unresponsive as exc:
                     _log(ctx, msg_type).info("{} left unanswered: {}", msg_type, exc)
+                    self._metrics.received.labels(label).inc()
                     return
             if error is not None:
                 tracing.fail(span, *error)
@@ -146,7 +147,8 @@ class RequestService:
             else:
                 _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
             self._metrics.received.labels(label).inc()
-            observe(self._metrics.duration, time.perf_counter() - started, label)
+            trace_id = f"{span.get_span_context().trace_id:032x}" if span.is_recording() else None
+            observe(self._metrics.duration, time.perf_counter() - started, label, trace_id=trace_id)
 
     async def _answer(
         self, msg: Msg, msg_type: str, ctx: MessageContext

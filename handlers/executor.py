@@ -220,27 +220,36 @@ class CommandExecutor:
     ) -> AppendResult:
         """Append under a span of its own; the stored metadata points at that span, so the
         relay's publish of each event continues the trace from here."""
-        types = [e.TYPE for e in events]
-        with tracing.span(
+        # A leaf span, never made current: nothing runs inside it but the append.
+        span = tracing.start_span(
             "eventstore.append",
             kind=SpanKind.CLIENT,
+            traceparent=None,
             attributes={
                 "db.system.name": self.store_system,
                 "db.operation.name": "append",
                 "db.collection.name": stream,
-                "ordermesh.event_types": types,
             },
-        ) as span:
-            metadata = event_metadata(
-                ctx, self.source, traceparent=tracing.traceparent_of(span) or ctx.traceparent
-            )
-            batch = [
-                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
-                for e in events
-            ]
+        )
+        traceparent = tracing.traceparent_of(span) if span is not None else None
+        metadata = event_metadata(ctx, self.source, traceparent=traceparent or ctx.traceparent)
+        batch = [
+            NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
+            for e in events
+        ]
+        try:
             appended = await self.store.append(stream, batch, expected)
-        for event_type in types:
-            event_stored.labels(event_type).inc()
+        except BaseException as exc:
+            if span is not None:
+                if isinstance(exc, Exception):
+                    span.record_exception(exc)
+                tracing.fail(span, type(exc).__name__, str(exc))
+            raise
+        finally:
+            if span is not None:
+                span.end()
+        for e in events:
+            event_stored.labels(e.TYPE).inc()
         return appended
 
     async def _result_at(

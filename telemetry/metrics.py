@@ -9,13 +9,11 @@ when scraped as OpenMetrics).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from telemetry.tracing import current_ids
+from telemetry.tracing import current_ids, enabled
 
 #: Message handling: from sub-millisecond to the 30 s a saga step may wait.
 LATENCY_BUCKETS = (
@@ -133,23 +131,50 @@ QUERY_METRICS = RequestMetrics(query_executed, query_errors, query_duration)
 
 def exemplar(trace_id: str | None = None) -> dict[str, str] | None:
     """The given or current trace id, for a histogram observation."""
-    if trace_id is None:
+    if trace_id is None and enabled():
         ids = current_ids()
         trace_id = ids[0] if ids else None
     return {"trace_id": trace_id} if trace_id else None
 
 
+#: Seconds between two exemplars on one series: a scrape keeps one per bucket anyway, and
+#: attaching one costs more than the observation itself.
+EXEMPLAR_INTERVAL = 0.1
+
+_series: dict[tuple[int, tuple[str, ...]], Any] = {}
+_last_exemplar: dict[int, float] = {}
+
+
 def observe(
     histogram: Histogram, seconds: float, *labels: str, trace_id: str | None = None
 ) -> None:
-    histogram.labels(*labels).observe(seconds, exemplar(trace_id))
+    """``histogram.labels(*labels).observe(seconds)``, with the series looked up once and
+    an exemplar at most every :data:`EXEMPLAR_INTERVAL` per series."""
+    key = (id(histogram), labels)
+    series = _series.get(key)
+    if series is None:
+        series = _series[key] = histogram.labels(*labels)
+    now = time.monotonic()
+    if now - _last_exemplar.get(id(series), 0.0) >= EXEMPLAR_INTERVAL:
+        attached = exemplar(trace_id)
+        if attached is not None:
+            _last_exemplar[id(series)] = now
+        series.observe(seconds, attached)
+    else:
+        series.observe(seconds)
 
 
-@contextmanager
-def timed(operation: str) -> Iterator[None]:
+class timed:
     """Time one event-store call (errors included: a slow failure is still slow)."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe(eventstore_duration, time.perf_counter() - started, operation)
+
+    __slots__ = ("_operation", "_started")
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        observe(eventstore_duration, time.perf_counter() - self._started, self._operation)

@@ -3,23 +3,26 @@
 The message path does not use OpenTelemetry's propagator API: the broker has already
 decoded ``traceparent`` into a :class:`~domain.metadata.MessageContext`, so a parent is
 rebuilt from that string and a child's ``traceparent`` is formatted back from its span
-context. With no exporter configured there is no tracer provider at all, and every
-helper here returns at once: tracing that nobody reads costs nothing.
+context. Spans are :mod:`telemetry.spans`' lean ones, exported by the SDK as usual.
+With no exporter configured there is no tracer at all, and every helper here returns
+at once: tracing that nobody reads costs nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 from loguru import logger
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -30,6 +33,8 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+
+from telemetry.spans import LeanTracer
 
 INSTRUMENTATION = "ordermesh"
 
@@ -82,12 +87,38 @@ def configure_tracing(
 
         processors = [BatchSpanProcessor(OTLPSpanExporter())]
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
+    provider = TracerProvider(
+        sampler=sampler_from(environ),
+        resource=Resource.create(attributes),
+        shutdown_on_exit=False,
+    )
     for processor in processors:
-        provider.add_span_processor(processor)
+        provider.add_span_processor(processor)  # so that shutdown flushes them
     _provider = provider
-    _tracer = provider.get_tracer(INSTRUMENTATION)
+    _tracer = LeanTracer(
+        provider.resource, provider.sampler, processors, InstrumentationScope(INSTRUMENTATION)
+    )
     return provider
+
+
+def sampler_from(environ: Mapping[str, str]) -> sampling.Sampler:
+    """``OTEL_TRACES_SAMPLER`` (and ``_ARG``) as the SDK reads them, from ``environ``."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    try:
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    samplers: dict[str, sampling.Sampler] = {
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "traceidratio": sampling.TraceIdRatioBased(ratio),
+        "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
+    }
+    if name not in samplers:
+        logger.warning("unknown OTEL_TRACES_SAMPLER {!r}; using parentbased_always_on", name)
+    return samplers.get(name, samplers["parentbased_always_on"])
 
 
 def shutdown_tracing() -> None:
@@ -148,7 +179,6 @@ def messaging_attributes(
         "messaging.system": "nats",
         "messaging.destination.name": destination,
         "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
     }
     if message_id:
         attributes["messaging.message.id"] = message_id
@@ -157,7 +187,58 @@ def messaging_attributes(
     return attributes
 
 
-@contextmanager
+class _Scope:
+    """``with span(...)``: a class, not a generator, because this runs for every message;
+    the SDK's ``start_as_current_span`` stacks three context managers per span."""
+
+    __slots__ = ("_attributes", "_context", "_kind", "_name", "_span", "_token")
+
+    def __init__(
+        self,
+        name: str,
+        context: otel_context.Context | None,
+        kind: SpanKind,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        self._name, self._context, self._kind, self._attributes = name, context, kind, attributes
+        self._span: Span = trace.INVALID_SPAN
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._span = _tracer.start_span(
+            self._name, context=self._context, kind=self._kind, attributes=self._attributes
+        )
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and isinstance(exc, Exception):
+            self._span.record_exception(exc)
+            self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        self._span.end()
+
+
+class _Off:
+    """What ``span`` returns with tracing off: no span, no context change."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF = _Off()
+
+
 def span(
     name: str,
     *,
@@ -165,20 +246,16 @@ def span(
     traceparent: str | None = None,
     tracestate: str | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A current span, child of ``traceparent`` when given, else of the current span.
 
-    Exceptions are recorded and mark the span as failed; with tracing off this yields a
-    non-recording span and costs two attribute lookups.
+    Exceptions are recorded and mark the span as failed; with tracing off this returns
+    a shared no-op and costs one attribute lookup.
     """
     if _provider is None:
-        yield trace.INVALID_SPAN
-        return
+        return _OFF
     ctx = parent(traceparent, tracestate) if traceparent else None
-    with _tracer.start_as_current_span(
-        name, context=ctx, kind=kind, attributes=attributes, record_exception=True
-    ) as current:
-        yield current
+    return _Scope(name, ctx, kind, attributes)
 
 
 def fail(span_: Span, code: str, message: str) -> None:
@@ -196,10 +273,10 @@ def start_span(
     tracestate: str | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Span | None:
-    """A span that is not made current, for work that ends in a callback (a publish
-    ended by its ack); None when tracing is off."""
+    """A span that is not made current: for work that ends in a callback (a publish
+    ended by its ack), or a leaf with nothing inside it. Without ``traceparent`` it is a
+    child of the current span. None when tracing is off."""
     if _provider is None:
         return None
-    return _tracer.start_span(
-        name, context=parent(traceparent, tracestate), kind=kind, attributes=attributes
-    )
+    ctx = parent(traceparent, tracestate) if traceparent else None
+    return _tracer.start_span(name, context=ctx, kind=kind, attributes=attributes)

@@ -10,11 +10,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from broker.connection import connect
 from broker.projector import Projector
@@ -24,6 +26,7 @@ from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import free_port
 from ordermesh.app import App
 from ordermesh.bench.measure import Result, closed_loop, latency_summary
+from telemetry.tracing import configure_tracing, shutdown_tracing
 
 REQUEST_TIMEOUT = 10.0
 
@@ -320,3 +323,99 @@ def _status_kib(pid: int, key: str) -> float:
         if line.startswith(key + ":"):
             return float(line.split()[1])
     return float("nan")
+
+
+class _Discard(SpanExporter):
+    """A span sink that keeps nothing: the cost measured is making and batching spans."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def tracing_cost(
+    nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 2
+) -> list[Result]:
+    """``product.restock`` with tracing off and on (always-on sampler, batch processor,
+    discarding exporter), alternated so that machine drift hits both alike."""
+    off: list[Result] = []
+    on: list[Result] = []
+    for _ in range(rounds):
+        off.append(
+            await command_rate(
+                nc, "product.restock", products, concurrency=concurrency, duration=duration
+            )
+        )
+        configure_tracing(
+            "ordermesh-bench",
+            processors=[BatchSpanProcessor(_Discard())],
+            environ={"OTEL_TRACES_SAMPLER": "always_on"},
+        )
+        try:
+            on.append(
+                await command_rate(
+                    nc, "product.restock", products, concurrency=concurrency, duration=duration
+                )
+            )
+        finally:
+            shutdown_tracing()
+
+    def median(
+        results: list[Result], name: str, baseline: str | None, target: float | None
+    ) -> Result:
+        best = sorted(results, key=lambda r: r.value)[len(results) // 2]
+        return Result(
+            name,
+            "tracing",
+            "rate",
+            best.value,
+            "cmd/s",
+            ops=best.ops,
+            seconds=best.seconds,
+            baseline=baseline,
+            target=target,
+            extra={"rounds": [round(r.value, 1) for r in results]},
+        )
+
+    off_name = f"tracing.off.product.restock.c{concurrency}"
+    return [
+        median(off, off_name, None, None),
+        median(on, f"tracing.on.product.restock.c{concurrency}", off_name, 0.8),
+    ]
+
+
+async def saga_rate(
+    nc: NATS, app: App, products: list[str], *, orders: int, concurrency: int = 64
+) -> Result:
+    """Orders/s from ``order.place`` to a completed saga (the order confirmed), end to end."""
+    assert app.sagas is not None
+    sagas = app.sagas
+    run = uuid.uuid4().hex[:6]
+    before = sagas.finished
+    start = time.perf_counter()
+    placed, _ = await closed_loop(
+        lambda i: call(
+            nc, "commands.order.place", order_body(f"saga-{run}-{i}", products[i % len(products)])
+        ),
+        concurrency=concurrency,
+        duration=120.0,
+        max_ops=orders,
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(120.0):
+            await sagas.wait_finished(before + placed)
+    elapsed = time.perf_counter() - start
+    finished = sagas.finished - before
+    return Result(
+        f"saga.confirmed_per_second.c{concurrency}",
+        "saga",
+        "rate",
+        finished / elapsed,
+        "orders/s",
+        ops=finished,
+        seconds=elapsed,
+        baseline=f"command.order.place.c{concurrency}",
+        extra={"placed": placed, "finished": finished},
+    )

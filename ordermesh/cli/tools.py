@@ -1,109 +1,22 @@
-"""The ``ordermesh`` command line."""
+"""Project tools: the AsyncAPI document, the benchmark, read-model maintenance."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from broker.asyncapi import asyncapi_json
 from infra.eventstore import open_event_store
 from ordermesh import runtime
-from ordermesh.app import SERVICES, App
+from ordermesh.cli.app import app, console, projections_app
 from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
 from ordermesh.read_models import checkpoints, open_read_models, projection_named, rebuild
 from projections import all_projections
-from telemetry.tracing import configure_tracing, shutdown_tracing
-
-app = typer.Typer(
-    help="ordermesh: an event-sourced order system over NATS.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
-projections_app = typer.Typer(help="Inspect and rebuild read models.", no_args_is_help=True)
-app.add_typer(projections_app, name="projections")
-console = Console(stderr=True)
-
-
-def _serve(application: App, on_ready: str | None = None) -> None:
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        configure_tracing(application.service_name)
-        try:
-            await application.start()
-            try:
-                if on_ready == "banner":
-                    _banner(application)
-                await stop.wait()
-            finally:
-                await application.stop()
-        finally:
-            shutdown_tracing()
-
-    runtime.run(main())
-
-
-def _banner(application: App) -> None:
-    s = application.settings
-    server = application.nats_server
-    lines = [
-        "[bold green]ordermesh is up[/]",
-        f"  NATS            {application.nats_url}"
-        + ("  (embedded nats-server, JetStream)" if server else ""),
-    ]
-    if server is not None:
-        lines.append(f"  NATS monitoring {server.monitor_url}")
-    if application.metrics is not None:
-        lines.append(f"  metrics         {application.metrics.url}")
-    lines += [
-        f"  event store     {s.event_store_url}",
-        f"  read models     sqlite:///{s.read_model_path.resolve()}",
-        f"  services        {', '.join(application.services)}",
-        "",
-        "  try:  nats req commands.product.create "
-        """'{"product_id":"p-1","name":"Widget","price":"12.50","stock":10}'""",
-        '        nats req queries.product.get \'{"product_id":"p-1"}\'',
-        "  stop: Ctrl-C",
-    ]
-    # Printed to stdout so scripts can read where things are.
-    print("\n".join(Console().render_str(line).plain for line in lines), flush=True)
-
-
-@app.command()
-def up() -> None:
-    """Start everything in one process: an embedded nats-server (unless
-    ORDERMESH_NATS_URL is set), the SQLite event store, and every service.
-
-    [b]Example[/b]: ordermesh up
-    """
-    configure_logging("ordermesh")
-    _serve(App(Settings(), SERVICES, embedded_nats=True), on_ready="banner")
-
-
-@app.command()
-def run(
-    services: Annotated[list[str], typer.Argument(help=f"one or more of: {', '.join(SERVICES)}")],
-) -> None:
-    """Run some services against an existing NATS server (ORDERMESH_NATS_URL,
-    default nats://127.0.0.1:4222), for multi-process deployments.
-
-    [b]Example[/b]: ORDERMESH_NATS_URL=nats://127.0.0.1:4222 ordermesh run command relay
-    """
-    bad = [s for s in services if s not in SERVICES]
-    if bad:
-        raise typer.BadParameter(f"unknown service(s) {bad}; choose from {list(SERVICES)}")
-    configure_logging("ordermesh-" + "+".join(services))
-    _serve(App(Settings(), services))
 
 
 @app.command()
@@ -192,7 +105,3 @@ def projections_status() -> None:
             await db.close()
 
     runtime.run(main())
-
-
-def main() -> None:
-    app()

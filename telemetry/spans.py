@@ -1,0 +1,197 @@
+"""A lean span: the OpenTelemetry span API, recorded straight into the SDK's export form.
+
+The SDK's own span guards every field with a lock, validates each attribute, keeps
+bounded collections and copies itself into a ``ReadableSpan`` when it ends: about
+26 µs a span here, against 5 µs for this one. On a command path that makes two spans
+per message that difference decides whether tracing costs a fifth or two fifths of the
+throughput. Everything downstream is the SDK's: its samplers decide, its processors
+batch, its exporters send the same ``ReadableSpan`` objects they always receive.
+
+Attributes are trusted, not validated: only ordermesh's code sets them, with strings,
+numbers and booleans.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import Attributes
+
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+class LeanSpan(trace.Span):
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_end",
+        "_events",
+        "_kind",
+        "_name",
+        "_parent",
+        "_start",
+        "_status",
+        "_tracer",
+    )
+
+    def __init__(
+        self,
+        tracer: LeanTracer,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes,
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
+        self._events: list[Event] = []
+        self._status = _UNSET
+        self._start = time.time_ns()
+        self._end: int | None = None
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end is None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self._end is None:
+            self._attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._end is None:
+            self._attributes[key] = value
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._end is None:
+            self._events.append(Event(name, attributes, timestamp or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        """Links are not used by ordermesh; accepted and dropped."""
+
+    def update_name(self, name: str) -> None:
+        if self._end is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end is not None:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is StatusCode.UNSET or self._status.status_code is StatusCode.OK:
+            return
+        self._status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        details: dict[str, Any] = {
+            "exception.type": type(exception).__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            details.update(attributes)
+        self.add_event("exception", details, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end is not None:
+            return
+        self._end = end_time or time.time_ns()
+        self._tracer.finished(
+            ReadableSpan(
+                self._name,
+                self._context,
+                self._parent,
+                self._tracer.resource,
+                self._attributes,
+                tuple(self._events),
+                (),
+                self._kind,
+                None,
+                self._status,
+                self._start,
+                self._end,
+                self._tracer.scope,
+            )
+        )
+
+
+class LeanTracer(trace.Tracer):
+    """Starts :class:`LeanSpan`\\ s under the SDK's sampler, ends them into its processors."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        sampler: sampling.Sampler,
+        processors: Sequence[SpanProcessor],
+        scope: InstrumentationScope,
+    ) -> None:
+        self.resource = resource
+        self.sampler = sampler
+        self.scope = scope
+        self._processors = tuple(processors)
+
+    def finished(self, span: ReadableSpan) -> None:
+        for processor in self._processors:
+            processor.on_end(span)
+
+    def start_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context).get_span_context()
+        if not parent.is_valid:
+            parent_context = None
+            trace_id = random.getrandbits(128) or 1
+            trace_state = None
+        else:
+            parent_context = parent
+            trace_id = parent.trace_id
+            trace_state = parent.trace_state
+        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        span_id = random.getrandbits(64) or 1
+        decision = result.decision
+        sampled = decision is sampling.Decision.RECORD_AND_SAMPLE
+        flags = _SAMPLED if sampled else _NOT_SAMPLED
+        span_context = SpanContext(
+            trace_id, span_id, False, flags, result.trace_state or trace_state
+        )
+        if decision is sampling.Decision.DROP:
+            return trace.NonRecordingSpan(span_context)
+        return LeanSpan(self, name, span_context, parent_context, kind, attributes)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("use telemetry.tracing.span()")
