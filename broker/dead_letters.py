@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from broker.subjects import DLQ_STREAM, dlq_subject, subject_label
+from domain.catalog import EVENTS
 from telemetry.metrics import dlq_messages
 
 H_REASON = "ordermesh-dlq-reason"
@@ -36,5 +37,5 @@ async def dead_letter(js: JetStreamContext, msg: Msg, consumer: str, reason: str
         }
     )
     await js.publish(dlq_subject(msg.subject), msg.data, headers=headers, stream=DLQ_STREAM)
-    dlq_messages.labels(subject_label(msg.subject)).inc()
+    dlq_messages.labels(subject_label(msg.subject, set(EVENTS))).inc()
     logger.warning("{} set {} aside in {}: {}", consumer, msg.subject, DLQ_STREAM, reason)

@@ -120,6 +120,9 @@ class Projector:
         self._db = db
         self.projections = projections
         self.name = "+".join(p.name for p in projections)
+        #: The event types some projection here applies: the only ones traced and timed
+        #: (which also keeps the ``event_type`` label to known types).
+        self._types = frozenset().union(*(p.event_types for p in projections))
         self._batch = batch
         #: Called with each batch once it is committed (benchmarks observe latency here;
         #: tests inject faults).
@@ -200,10 +203,12 @@ class Projector:
                     self.applied += await self._apply([recorded], msg.metadata.sequence.stream)
                 except _POISON as exc:
                     await dead_letter(self._js, msg, self.name, f"cannot apply: {exc}")
-                    await self._skip(recorded, msg.metadata.sequence.stream)
+                    await self._skip(msg.metadata.sequence.stream)
         finally:
             elapsed = time.perf_counter() - started
             for (_msg, recorded), span in zip(received, spans, strict=True):
+                if recorded.type not in self._types:
+                    continue  # not this consumer's business: no span, no sample
                 trace_id = None
                 if span is not None:
                     trace_id = f"{span.get_span_context().trace_id:032x}"
@@ -222,13 +227,16 @@ class Projector:
             lambda db: _apply_in_transaction(db, projections, batch, sequence)
         )
 
-    async def _skip(self, recorded: RecordedEvent, sequence: int) -> None:
-        cp = Checkpoint(recorded.position, sequence)
+    async def _skip(self, sequence: int) -> None:
+        """Record that the feed got past a dead letter: its ``EVENTS`` sequence, not its
+        store position, which nothing vouches for (a later real event may carry it)."""
         projections = self.projections
 
         def skip(db: sqlite3.Connection) -> None:
             for projection in projections:
-                advance(db, projection, cp)
+                advance(
+                    db, projection, Checkpoint(checkpoint(db, projection.name).position, sequence)
+                )
 
         await self._db.run(skip)
 
@@ -237,7 +245,9 @@ class Projector:
         if not tracing.enabled():
             return [None] * len(received)
         return [
-            tracing.start_span(
+            None
+            if recorded.type not in self._types
+            else tracing.start_span(
                 f"{recorded.type} process",
                 kind=SpanKind.CONSUMER,
                 traceparent=(msg.headers or {}).get(ce.H_TRACEPARENT),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loguru import logger
 from nats.aio.client import Client as NATS
+from pydantic import ValidationError
 
 from broker.command_bus import NatsCommandBus
 from broker.projector import Projector
@@ -99,7 +100,10 @@ class SagaService:
     def _on_commit(self, batch: list[RecordedEvent]) -> None:
         for recorded in batch:
             if recorded.type == OrderPlaced.TYPE:
-                placed = OrderPlaced.model_validate_json(recorded.data)
+                try:
+                    placed = OrderPlaced.model_validate_json(recorded.data)
+                except ValidationError:
+                    continue  # set aside in the DLQ by the projector, not a saga
                 ctx = trigger_context(str(recorded.id), recorded.metadata)
                 self._spawn(placed.order_id, placed, ctx)
 

@@ -78,6 +78,9 @@ def dlq_subject(subject: str) -> str:
     return DLQ_PREFIX + subject
 
 
-def subject_label(subject: str) -> str:
-    """A bounded metric label for any subject: its first three tokens."""
-    return ".".join(subject.split(".")[:3])
+def subject_label(subject: str, known_types: frozenset[str] | set[str] = frozenset()) -> str:
+    """A bounded metric label for any subject: ours as they are, anyone else's as their
+    first token and ``other`` (a foreign publisher must not mint label values)."""
+    if type_from_subject(subject) in known_types:
+        return subject
+    return subject.split(".", 1)[0] + ".other"

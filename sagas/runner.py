@@ -34,6 +34,7 @@ from sagas.order_fulfillment import (
     RETRYABLE,
     SAGA_TYPE,
     STEPS,
+    TIMEOUT,
     Saga,
     SagaCompleted,
     SagaFailed,
@@ -206,12 +207,14 @@ class SagaRunner:
         attempt = saga.failures + 1
         remaining = (saga.deadline - self.clock()).total_seconds()
         if remaining <= 0:
-            return await self._record(
-                saga.saga_id,
-                f"{step}:deadline",
-                trigger,
-                lambda s: s.deadline_passed(step, self.clock()),
-            )
+            with self._span(step, trigger, saga.saga_id, step=step, deadline=True) as span:
+                tracing.fail(span, TIMEOUT, f"{step} passed its deadline")
+                return await self._record(
+                    saga.saga_id,
+                    f"{step}:deadline",
+                    trigger,
+                    lambda s: s.deadline_passed(step, self.clock()),
+                )
         delay = policy.delay(attempt)
         if delay:
             await asyncio.sleep(min(delay, remaining))

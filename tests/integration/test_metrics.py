@@ -33,6 +33,7 @@ FAMILIES = {
     "ordermesh_event_stored": {"event_type"},
     "ordermesh_event_processing_duration_seconds": {"event_type", "consumer"},
     "ordermesh_query_executed": {"query_type"},
+    "ordermesh_query_errors": {"query_type", "code"},
     "ordermesh_query_execution_duration_seconds": {"query_type"},
     "ordermesh_saga_started": {"saga_type"},
     "ordermesh_saga_completed": {"saga_type", "status"},
@@ -144,7 +145,11 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
     assert {"products", "orders", "sagas", "saga_inbox"} <= label_values(
         "ordermesh_projection_lag_seconds", "projection"
     )
-    assert "events.foreign.thing" in label_values("ordermesh_dlq_messages", "subject")
+    # A foreign subject becomes "events.other": nobody outside can mint label values.
+    assert "events.other" in label_values("ordermesh_dlq_messages", "subject")
+    assert ("order.get", "order_not_found") in {
+        (s.labels["query_type"], s.labels["code"]) for s in samples("ordermesh_query_errors")
+    }
     assert any(name.startswith("process_") for name in families)
     assert any(name.startswith("python_gc_") for name in families)
 
