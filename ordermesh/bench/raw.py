@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StorageType, StreamConfig
 
@@ -47,54 +49,80 @@ async def request_reply(url: str, *, concurrency: int, duration: float) -> Resul
     )
 
 
-async def publish_subscribe(url: str, *, duration: float) -> Result:
-    """Publish as fast as possible for ``duration``; rate is what the subscriber received."""
+#: A consumer under test: subscribe on ``subject`` with this connection, call ``counted``
+#: once per message, and return what stops it.
+Attach = Callable[[NATS, str, Callable[[], None]], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+async def _raw_subscriber(
+    nc: NATS, subject: str, counted: Callable[[], None]
+) -> Callable[[], Awaitable[None]]:
+    async def count(_msg: Msg) -> None:
+        counted()
+
+    sub = await nc.subscribe(subject, cb=count, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    return sub.unsubscribe
+
+
+async def publish_subscribe(
+    url: str,
+    *,
+    duration: float,
+    name: str = "raw.publish_subscribe",
+    headers: dict[str, str] | None = None,
+    attach: Attach = _raw_subscriber,
+    baseline: str | None = None,
+    target: float | None = None,
+) -> Result:
+    """Publish as fast as possible for ``duration``; rate is what the consumer received."""
     subscriber = await connect(url, pending_size=512 * 1024 * 1024)
     publisher = await connect(url)
     received = 0
     last = 0.0
-    target: int | None = None
+    expected: int | None = None
     all_in = asyncio.Event()
+    subject = f"bench.fan.{name}"
+
+    def counted() -> None:
+        nonlocal received, last
+        received += 1
+        last = time.perf_counter()
+        if expected is not None and received >= expected:
+            all_in.set()
+
     try:
-
-        async def count(_msg: Msg) -> None:
-            nonlocal received, last
-            received += 1
-            last = time.perf_counter()
-            if target is not None and received >= target:
-                all_in.set()
-
-        await subscriber.subscribe(
-            "bench.raw.fan", cb=count, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        stop = await attach(subscriber, subject, counted)
         await subscriber.flush()
         sent = 0
         start = time.perf_counter()
         deadline = start + duration
         while time.perf_counter() < deadline:
             for _ in range(500):
-                await publisher.publish("bench.raw.fan", BODY)
+                await publisher.publish(subject, BODY, headers=headers)
             sent += 500
             await asyncio.sleep(0)  # let the subscriber's callbacks run
         await publisher.flush()
-        target = sent
+        expected = sent
         if received >= sent:
             all_in.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT):
                 await all_in.wait()
+        await stop()
     finally:
         await publisher.close()
         await subscriber.close()
     elapsed = (last or time.perf_counter()) - start
     return Result(
-        "raw.publish_subscribe",
-        "raw",
+        name,
+        "raw" if baseline is None else "tap",
         "rate",
         received / elapsed,
         "msg/s",
         ops=received,
         seconds=elapsed,
+        baseline=baseline,
+        target=target,
         extra={"sent": sent, "lost": sent - received},
     )
 

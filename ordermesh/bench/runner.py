@@ -73,6 +73,8 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             for c in (1, 64):
                 done(await raw.request_reply(server.url, concurrency=c, duration=plan.duration))
             done(await raw.publish_subscribe(server.url, duration=plan.duration))
+            for r in await system.tap_rate(server.url, duration=plan.duration):
+                done(r)
             for w in (1, 256):
                 done(await raw.jetstream_publish(server.url, in_flight=w, duration=plan.duration))
 
@@ -151,9 +153,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
     return results
 
 
-PENDING = {
-    "tap.json_lines": "tap throughput: arrives with the CLI issue",
-}
+PENDING: dict[str, str] = {}
 
 
 def report(results: list[Result], plan: Plan, quick: bool) -> dict[str, Any]:

@@ -21,11 +21,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from broker.connection import connect
 from broker.projector import Projector
 from broker.relay import Relay
+from broker.tasks import cancel_and_wait
 from domain.event_store import NewEvent, RecordedEvent, StreamState
 from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import free_port
 from ordermesh.app import App
+from ordermesh.bench import raw
 from ordermesh.bench.measure import Result, closed_loop, latency_summary
+from ordermesh.tap.message import Tapped
+from ordermesh.tap.render import json_line
+from ordermesh.tap.session import Tap, TapOptions
 from telemetry.tracing import configure_tracing, shutdown_tracing
 
 REQUEST_TIMEOUT = 10.0
@@ -419,3 +424,59 @@ async def saga_rate(
         baseline=f"command.order.place.c{concurrency}",
         extra={"placed": placed, "finished": finished},
     )
+
+
+#: The headers the relay puts on every event: the tap case decodes what it really sees.
+EVENT_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "0b7e4f3a-6d1c-4d7e-9a55-2f0d5b1c9e01",
+    "Nats-Msg-Id": "0b7e4f3a-6d1c-4d7e-9a55-2f0d5b1c9e01",
+    "ce-source": "ordermesh.command",
+    "ce-type": "order.placed",
+    "ce-time": "2026-11-29T12:00:00.000000Z",
+    "ce-subject": "o-1",
+    "content-type": "application/json",
+    "ce-stream": "order-o-1",
+    "ce-revision": "0",
+    "ce-position": "1",
+    "ce-correlationid": "5c1f6a52-8e0b-4d5f-b7e1-0f3c2a9d8e77",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+}
+
+
+async def _tap_consumer(
+    nc: NATS, subject: str, counted: Callable[[], None]
+) -> Callable[[], Awaitable[None]]:
+    """``ordermesh tap --json`` as the CLI runs it, writing to /dev/null."""
+    out = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - /dev/null; closed by stop()
+
+    def sink(msg: Tapped) -> None:
+        out.write(json_line(msg))
+        counted()
+
+    session = Tap(nc, TapOptions(subjects=(subject,), replies=False), sink)
+    task = asyncio.create_task(session.run())
+    await session.ready.wait()
+
+    async def stop() -> None:
+        await cancel_and_wait(task)
+        out.close()
+
+    return stop
+
+
+async def tap_rate(url: str, *, duration: float) -> list[Result]:
+    """The tap against a raw subscriber of the same messages (ordermesh event headers)."""
+    baseline = await raw.publish_subscribe(
+        url, duration=duration, name="raw.publish_subscribe.event_headers", headers=EVENT_HEADERS
+    )
+    tapped = await raw.publish_subscribe(
+        url,
+        duration=duration,
+        name="tap.json_lines",
+        headers=EVENT_HEADERS,
+        attach=_tap_consumer,
+        baseline=baseline.name,
+        target=0.5,
+    )
+    return [baseline, tapped]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ordermesh.cli import demo, serve, tap, tools
+from ordermesh.cli import demo, messages, serve, tap, tools
 from ordermesh.cli.app import app
 
-__all__ = ["app", "demo", "main", "serve", "tap", "tools"]
+__all__ = ["app", "demo", "main", "messages", "serve", "tap", "tools"]
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sys
 from datetime import timedelta
@@ -29,7 +28,7 @@ from ordermesh.cli.connection import (
 )
 from ordermesh.tap.filters import Filter
 from ordermesh.tap.message import Tapped
-from ordermesh.tap.render import line
+from ordermesh.tap.render import json_line, line
 from ordermesh.tap.session import DEFAULT_SUBJECTS, REPLAY_SUBJECTS, Replay, Tap, TapOptions
 from ordermesh.tap.stats import Stats
 
@@ -38,23 +37,21 @@ STATS_INTERVAL = 0.5
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
-TAP_HELP = """Watch messages on any subjects: one readable line each, or JSON lines.
-
-With no SUBJECT, taps commands.>, events.>, queries.> and sagas.>, and shows each
-request's reply matched to it. Messages that are not ordermesh's (no ce-* headers, not
-JSON) are shown raw.
-
-[b]Examples[/b]
-
-  ordermesh tap                                  [dim]# everything, live[/]
-  ordermesh tap 'events.order.>' --body          [dim]# order events, pretty bodies[/]
-  ordermesh tap --type 'payment.*' --headers     [dim]# by CloudEvents type[/]
-  ordermesh tap --trace 4bf92f35                 [dim]# one trace[/]
-  ordermesh tap --json --count 100 | jq .body    [dim]# for scripts[/]
-  ordermesh tap --stats                          [dim]# per-subject rates[/]
-  ordermesh tap --replay --last 20 --no-follow   [dim]# the last 20 stored events[/]
-  ordermesh tap --replay --since 10m 'dlq.>'     [dim]# dead letters of the last 10 min[/]
-"""
+TAP_HELP = (
+    "Watch messages on any subjects: one readable line each, or JSON lines.\n\n"
+    "With no SUBJECT, taps commands.>, events.>, queries.> and sagas.>, and shows each "
+    "request's reply matched to it. Messages that are not ordermesh's (no ce-* headers, "
+    "not JSON) are shown raw. Stop with Ctrl-C, --count or --timeout.\n\n"
+    "[b]Examples[/b]\n\n"
+    "  ordermesh tap                                 [dim]everything, live[/]\n\n"
+    "  ordermesh tap 'events.order.>' --body         [dim]order events, pretty bodies[/]\n\n"
+    "  ordermesh tap --type 'payment.*' --headers    [dim]by CloudEvents type[/]\n\n"
+    "  ordermesh tap --trace 4bf92f35                [dim]one trace[/]\n\n"
+    "  ordermesh tap --json -n 100 | jq .body        [dim]for scripts[/]\n\n"
+    "  ordermesh tap --stats                         [dim]per-subject rates[/]\n\n"
+    "  ordermesh tap --replay --last 20 --no-follow  [dim]the last 20 stored events[/]\n\n"
+    "  ordermesh tap --since 10m 'dlq.>'             [dim]dead letters, last 10 min[/]"
+)
 
 
 def parse_since(text: str) -> timedelta:
@@ -73,7 +70,7 @@ class _Output:
 
     def __call__(self, msg: Tapped) -> None:
         if self.as_json:
-            self._out.write(json.dumps(msg.as_json(), ensure_ascii=False, default=str) + "\n")
+            self._out.write(json_line(msg))
         else:
             self._out.write(
                 line(msg, colour=self.colour, headers=self.headers, body=self.body) + "\n"
@@ -204,12 +201,20 @@ async def _tap(nats: NatsOptions, options: TapOptions, output: _Output, stats: b
                 live.update(counter.table())
 
         helpers.append(asyncio.create_task(refresh()))
+    running = asyncio.create_task(session.run())
+    ready = asyncio.create_task(session.ready.wait())
     try:
-        await session.run()
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if session.ready.is_set():
+            what = "replaying" if options.replay else "tapping"
+            console.print(f"[dim]{what} {' '.join(options.subjects)} on {nats.server}[/]")
+        await running
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         return 2
     finally:
+        await cancel_and_wait(ready)
+        await cancel_and_wait(running)
         for helper in helpers:
             await cancel_and_wait(helper)
         if live is not None and counter is not None:

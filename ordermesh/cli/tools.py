@@ -93,7 +93,10 @@ def projections_rebuild(
 @projections_app.command("status")
 def projections_status() -> None:
     """Show each projection's checkpoint: the last applied store position and the
-    EVENTS sequence it arrived with."""
+    EVENTS sequence it arrived with.
+
+    [b]Example[/b]: ordermesh projections status
+    """
 
     async def main() -> None:
         db = open_read_models(Settings().read_model_path)

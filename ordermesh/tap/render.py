@@ -100,3 +100,8 @@ def line(msg: Tapped, *, colour: bool, headers: bool = False, body: bool = False
             pretty = msg.raw_text()
         out += "\n" + "\n".join("    " + row for row in pretty.splitlines())
     return out
+
+
+def json_line(msg: Tapped) -> str:
+    """``--json``: one object per line, for ``jq``."""
+    return json.dumps(msg.as_json(), ensure_ascii=False, default=str) + "\n"

@@ -98,6 +98,8 @@ class Tap:
         self._requests: OrderedDict[str, Request] = OrderedDict()
         self._subs: list[Subscription] = []
         self._replay_last = 0
+        #: Set once every subscription is in place: from then on nothing is missed.
+        self.ready = asyncio.Event()
 
     @property
     def complete(self) -> bool:
@@ -108,6 +110,7 @@ class Tap:
         """Tap until ``--count`` is reached, ``--timeout`` passes, or the task is cancelled."""
         try:
             await self._subscribe()
+            self.ready.set()
             waiter = asyncio.create_task(self._done.wait())
             try:
                 if self.options.timeout is not None:
