@@ -27,6 +27,7 @@ from sagas import inbox
 from sagas.order_fulfillment import SAGA_TYPE
 from sagas.policy import SagaPolicy
 from sagas.runner import SagaRunner
+from telemetry.context import handling
 from telemetry.metrics import saga_active
 
 RETRY_DELAY = 1.0
@@ -58,6 +59,9 @@ def trigger_context(event_id: str, metadata: bytes) -> MessageContext:
 
 
 class SagaService:
+    """Sagas wait in a queue for one of ``concurrency`` workers: a burst of ten thousand
+    orders costs ten thousand queue entries, not ten thousand suspended tasks."""
+
     def __init__(
         self,
         nc: NATS,
@@ -70,8 +74,11 @@ class SagaService:
         self.runner = SagaRunner(executor, NatsCommandBus(nc), policy)
         self._db = db
         self._projector = Projector(nc, db, [inbox.SagaInbox()], on_commit=self._on_commit)
-        self._slots = asyncio.Semaphore(concurrency)
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[tuple[OrderPlaced, MessageContext]] = asyncio.Queue()
+        self._owed: set[str] = set()
+        """Sagas queued or being driven: each is driven by one worker at a time."""
+        self._workers: list[asyncio.Task[None]] = []
         self.finished = 0
         self._finishing = asyncio.Event()
 
@@ -82,20 +89,24 @@ class SagaService:
 
     @property
     def active(self) -> int:
-        return len(self._running)
+        return len(self._owed)
 
     async def start(self) -> None:
         for row in await self._db.run(inbox.pending):
-            self._spawn(row.saga_id, row.event, trigger_context(row.event_id, row.metadata))
-        if self._running:
-            logger.info("saga service resuming {} unfinished saga(s)", len(self._running))
+            self._enqueue(row.event, trigger_context(row.event_id, row.metadata))
+        if self._owed:
+            logger.info("saga service resuming {} unfinished saga(s)", len(self._owed))
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"saga-worker-{i}")
+            for i in range(self._concurrency)
+        ]
         await self._projector.start()
 
     async def stop(self) -> None:
         await self._projector.stop()
-        for task in list(self._running.values()):
-            await cancel_and_wait(task)
-        self._running.clear()
+        for worker in self._workers:
+            await cancel_and_wait(worker)
+        self._workers.clear()
 
     def _on_commit(self, batch: list[RecordedEvent]) -> None:
         for recorded in batch:
@@ -104,39 +115,40 @@ class SagaService:
                     placed = OrderPlaced.model_validate_json(recorded.data)
                 except ValidationError:
                     continue  # set aside in the DLQ by the projector, not a saga
-                ctx = trigger_context(str(recorded.id), recorded.metadata)
-                self._spawn(placed.order_id, placed, ctx)
+                self._enqueue(placed, trigger_context(str(recorded.id), recorded.metadata))
 
-    def _spawn(self, saga_id: str, placed: OrderPlaced, ctx: MessageContext) -> None:
-        if saga_id in self._running:
+    def _enqueue(self, placed: OrderPlaced, ctx: MessageContext) -> None:
+        if placed.order_id in self._owed:
             return
-        task = asyncio.create_task(self._drive(placed, ctx), name=f"saga-{saga_id}")
-        self._running[saga_id] = task
-        task.add_done_callback(lambda _t: self._forget(saga_id))
-        saga_active.labels(SAGA_TYPE).set(len(self._running))
+        self._owed.add(placed.order_id)
+        self._queue.put_nowait((placed, ctx))
+        saga_active.labels(SAGA_TYPE).set(len(self._owed))
 
-    def _forget(self, saga_id: str) -> None:
-        self._running.pop(saga_id, None)
-        saga_active.labels(SAGA_TYPE).set(len(self._running))
+    async def _work(self) -> None:
+        while True:
+            placed, ctx = await self._queue.get()
+            try:
+                await self._drive(placed, ctx)
+            finally:
+                self._owed.discard(placed.order_id)
+                saga_active.labels(SAGA_TYPE).set(len(self._owed))
 
     async def _drive(self, placed: OrderPlaced, ctx: MessageContext) -> None:
         """Run one saga until it ends; anything unexpected is logged and retried, since
         the saga's stream always says where to pick up."""
         saga_id = placed.order_id
-        async with self._slots:
-            while True:
-                try:
-                    saga = await self.runner.run(placed, ctx)
-                    await self._db.run(lambda db: inbox.done(db, saga_id))
-                    self.finished += 1
-                    finishing, self._finishing = self._finishing, asyncio.Event()
-                    finishing.set()
-                    logger.debug("saga {} {}", saga_id, saga.status)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.bind(trace_id=ctx.trace_id, correlation_id=ctx.correlation_id).exception(
-                        "saga {} failed unexpectedly; retrying", saga_id
-                    )
-                    await asyncio.sleep(RETRY_DELAY)
+        while True:
+            try:
+                saga = await self.runner.run(placed, ctx)
+                await self._db.run(lambda db: inbox.done(db, saga_id))
+                self.finished += 1
+                finishing, self._finishing = self._finishing, asyncio.Event()
+                finishing.set()
+                logger.debug("saga {} {}", saga_id, saga.status)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with handling(ctx):
+                    logger.exception("saga {} failed unexpectedly; retrying", saga_id)
+                await asyncio.sleep(RETRY_DELAY)
