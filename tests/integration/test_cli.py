@@ -348,3 +348,62 @@ async def test_help_of_every_command_shows_an_example(
     assert code == 0, err
     assert "Example" in out, out
     assert f"ordermesh {' '.join(command)}" in " ".join(out.split()), out
+
+
+async def test_tap_headers_body_and_stats(
+    nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    env = cli_env(nats_server, tmp_path)
+    async with tapping("--headers", "--body", "--count", "1", "demo.>", env=env) as proc:
+        await nc.publish("demo.one", b'{"order_id": "o-1", "total": "9.50"}', headers=ce("x.y"))
+        await nc.flush()
+        code, lines = await finish(proc)
+    assert code == 0
+    text = "\n".join(lines)
+    assert "ce-correlationid: corr-1" in text and f"traceparent: {TRACEPARENT}" in text
+    assert '"total": "9.50"' in text  # the pretty body
+
+    async with tapping("--stats", "--count", "6", "demo.>", env=env) as proc:
+        for i in range(6):
+            await nc.publish(f"demo.{'a' if i % 3 else 'b'}", b"{}")
+        await nc.flush()
+        assert proc.stderr is not None
+        code = await proc.wait()
+        table = (await proc.stderr.read()).decode()
+    assert code == 0
+    cells = [
+        [cell.strip() for cell in line.split("│")[1:3]]
+        for line in table.splitlines()
+        if "│ demo." in line
+    ]
+    assert dict(cells) == {"demo.a": "4", "demo.b": "2"}
+
+
+async def test_replay_since_and_of_dead_letters(
+    app: App, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    body = {"product_id": "p-1", "name": "W", "price": "1.00"}
+    assert (await request(nc, "commands.product.create", body))["ok"]
+    await nc.jetstream().publish("events.foreign.note", b"not ours")
+
+    async def dead_lettered() -> bool:
+        try:
+            return bool((await nc.jetstream().stream_info("DLQ")).state.messages)
+        except Exception:
+            return False
+
+    await eventually(dead_lettered)
+    env = cli_env(nats_server, tmp_path)
+    code, out, err = await run_cli("tap", "--since", "5m", "--no-follow", "--json", env=env)
+    assert code == 0, err
+    subjects = [json.loads(line)["subject"] for line in out.splitlines()]
+    assert subjects == ["events.product.created", "events.foreign.note"]
+
+    code, out, err = await run_cli(
+        "tap", "--since", "5m", "--no-follow", "--json", "dlq.>", env=env
+    )
+    assert code == 0, err
+    [dead] = [json.loads(line) for line in out.splitlines()]
+    assert dead["subject"] == "dlq.events.foreign.note" and dead["kind"] == "dlq"
+    assert dead["raw"] == "not ours"
+    assert dead["headers"]["ordermesh-dlq-reason"].startswith("no ordermesh event headers")
