@@ -157,7 +157,7 @@ class Relay:
                 await slots.acquire()
                 subject = event_subject(event.type)
                 headers = event_headers(event)
-                span = self._publish_span(event, subject, headers)
+                span = self._publish_span(event, subject, headers) if tracing.enabled() else None
                 future = await self._js.publish_async(subject, event.data, headers=headers)
                 progress.outstanding += 1
                 future.add_done_callback(functools.partial(acked, event, span))

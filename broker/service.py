@@ -114,11 +114,15 @@ class RequestService:
         # Only registered types become label values and span names: a client must not
         # be able to mint new time series (or put an id in a span name).
         label = msg_type if msg_type in self._routes else UNKNOWN
-        attributes = tracing.messaging_attributes(
-            self._pattern if label == UNKNOWN else msg.subject,
-            "process",
-            ctx.id,
-            ctx.correlation_id,
+        attributes = (
+            tracing.messaging_attributes(
+                self._pattern if label == UNKNOWN else msg.subject,
+                "process",
+                ctx.id,
+                ctx.correlation_id,
+            )
+            if tracing.enabled()
+            else None
         )
         with tracing.span(
             f"{label} process",

@@ -36,6 +36,7 @@ from broker.connection import connect
 from broker.subjects import command_subject, event_subject
 from domain.metadata import MessageContext
 from ordermesh.bench.measure import percentile
+from ordermesh.outgoing import child_traceparent
 
 SOURCE = "cli.demo"
 PLACE = "order.place"
@@ -264,7 +265,7 @@ def headers_for(message_type: str, correlation_id: str) -> dict[str, str]:
         type=message_type,
         source=SOURCE,
         correlation_id=correlation_id,
-        traceparent=f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+        traceparent=child_traceparent(None),
     )
     return encode_context(ctx)
 

@@ -121,6 +121,11 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             finally:
                 await client.close()
                 await app.stop()
+            client = await connect(server.url)
+            try:
+                done(await system.relay_rate(client, root, events=plan.relay_events))
+            finally:
+                await client.close()
             # A server of its own: EVENTS belongs to one store, and the saga would act on
             # every order.placed the earlier cases left there.
             saga_server = EmbeddedNatsServer(root / "nats-saga")
@@ -138,11 +143,6 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 await client.close()
                 await app.stop()
                 await saga_server.stop()
-            client = await connect(server.url)
-            try:
-                done(await system.relay_rate(client, root, events=plan.relay_events))
-            finally:
-                await client.close()
         finally:
             await server.stop()
     done(await system.peak_rss_of_up(orders=plan.memory_orders))
