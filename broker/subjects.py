@@ -59,7 +59,9 @@ def query_subject(query_type: str) -> str:
 
 
 def type_from_subject(subject: str) -> str:
-    """``commands.order.place`` → ``order.place``; anything unprefixed is returned as is."""
+    """``commands.order.place`` → ``order.place`` (also under ``dlq.``); anything
+    unprefixed is returned as is."""
+    subject = subject.removeprefix(DLQ_PREFIX)
     for prefix in (COMMANDS_PREFIX, EVENTS_PREFIX, QUERIES_PREFIX, SAGAS_PREFIX):
         if subject.startswith(prefix):
             return subject[len(prefix) :]

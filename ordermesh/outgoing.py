@@ -1,8 +1,8 @@
 """A message as ``ordermesh publish`` and ``ordermesh request`` send it: a CloudEvent in
 NATS binary mode, in a trace of its own or joined to a caller's.
 
-Kept out of the CLI so that anything sending into the system (the demo, a test) builds
-the same headers the services expect.
+Kept out of the CLI so that other senders (the demo takes its traceparents from here)
+build what the services expect.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.cloudevents import encode_context
+from broker.cloudevents import H_CORRELATION, H_ID, H_TRACEPARENT, encode_context
 from broker.subjects import type_from_subject
 from domain.ids import new_id
 from domain.metadata import MessageContext, trace_id_of
@@ -34,18 +34,29 @@ class Outgoing:
     context: MessageContext
 
     @property
+    def message_id(self) -> str:
+        """As sent: a ``-H ce-id:…`` wins over the generated one."""
+        return self.headers[H_ID]
+
+    @property
+    def correlation_id(self) -> str:
+        return self.headers[H_CORRELATION]
+
+    @property
     def trace_id(self) -> str | None:
-        return trace_id_of(self.context.traceparent)
+        return trace_id_of(self.headers.get(H_TRACEPARENT))
 
 
 def child_traceparent(parent: str | None) -> str:
-    """A new span id in the parent's trace, or a new trace: the W3C format by hand, so a
-    CLI without an exporter still starts a trace the services continue."""
+    """A new span id in the parent's trace (keeping its sampling flag), or a new sampled
+    trace: the W3C format by hand, so a CLI without an exporter still starts a trace the
+    services continue."""
     span_id = f"{random.getrandbits(64) or 1:016x}"
     trace_id = trace_id_of(parent) if parent else None
-    if trace_id is None:
-        trace_id = f"{random.getrandbits(128) or 1:032x}"
-    return f"00-{trace_id}-{span_id}-01"
+    if trace_id is None or parent is None:
+        return f"00-{random.getrandbits(128) or 1:032x}-{span_id}-01"
+    flags = parent.split("-")[3][:2]
+    return f"00-{trace_id}-{span_id}-{flags}"
 
 
 def build(

@@ -78,10 +78,14 @@ REQUEST_HELP = (
 
 
 def read_body(body: str) -> str:
-    if body == "-":
-        return sys.stdin.read()
-    if body.startswith("@"):
-        return Path(body[1:]).read_text(encoding="utf-8")
+    try:
+        if body == "-":
+            return sys.stdin.read()
+        if body.startswith("@"):
+            return Path(body[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]cannot read the body: {exc}[/]")
+        raise typer.Exit(USAGE) from None
     return body
 
 
@@ -97,7 +101,7 @@ def _describe(out: Outgoing, as_json: bool) -> None:
     if as_json:
         return
     jaeger = os.environ.get("ORDERMESH_JAEGER_URL")
-    line = f"[dim]id[/] {out.context.id}  [dim]trace[/] {out.trace_id}"
+    line = f"[dim]id[/] {out.message_id}  [dim]trace[/] {out.trace_id}"
     if jaeger and out.trace_id:
         line += f"\n[dim]jaeger[/] {jaeger.rstrip('/')}/trace/{out.trace_id}"
     console.print(line, highlight=False)
@@ -175,9 +179,9 @@ async def _publish(
                 json.dumps(
                     {
                         "subject": subject,
-                        "id": out.context.id,
+                        "id": out.message_id,
                         "trace_id": out.trace_id,
-                        "correlation_id": out.context.correlation_id,
+                        "correlation_id": out.correlation_id,
                     }
                 )
             )
@@ -263,7 +267,10 @@ async def _request(
                 return NO_ANSWER
             finally:
                 await nc.close()
-        return show_reply(reply.data, as_json)
+            code = show_reply(reply.data, as_json)
+            if code == REFUSED:
+                tracing.fail(span, "refused", subject)
+            return code
     finally:
         tracing.shutdown_tracing()
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError as JsNotFoundError
 from rich.live import Live
 
 from broker.tasks import cancel_and_wait
@@ -40,8 +41,8 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 TAP_HELP = (
     "Watch messages on any subjects: one readable line each, or JSON lines.\n\n"
     "With no SUBJECT, taps commands.>, events.>, queries.> and sagas.>, and shows each "
-    "request's reply matched to it. Messages that are not ordermesh's (no ce-* headers, "
-    "not JSON) are shown raw. Stop with Ctrl-C, --count or --timeout.\n\n"
+    "request's reply matched to it. Any message is shown: one without ce-* headers as it "
+    "is, a body that is not JSON as raw text. Stop with Ctrl-C, --count or --timeout.\n\n"
     "[b]Examples[/b]\n\n"
     "  ordermesh tap                                 [dim]everything, live[/]\n\n"
     "  ordermesh tap 'events.order.>' --body         [dim]order events, pretty bodies[/]\n\n"
@@ -50,7 +51,7 @@ TAP_HELP = (
     "  ordermesh tap --json -n 100 | jq .body        [dim]for scripts[/]\n\n"
     "  ordermesh tap --stats                         [dim]per-subject rates[/]\n\n"
     "  ordermesh tap --replay --last 20 --no-follow  [dim]the last 20 stored events[/]\n\n"
-    "  ordermesh tap --since 10m 'dlq.>'             [dim]dead letters, last 10 min[/]"
+    "  ordermesh tap --since 1h --headers 'dlq.>'    [dim]dead letters and why[/]"
 )
 
 
@@ -211,6 +212,11 @@ async def _tap(nats: NatsOptions, options: TapOptions, output: _Output, stats: b
         await running
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
+        return 2
+    except JsNotFoundError:
+        console.print(
+            "[red]nothing to replay: the stream does not exist yet (is ordermesh running?)[/]"
+        )
         return 2
     finally:
         await cancel_and_wait(ready)

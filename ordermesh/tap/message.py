@@ -84,10 +84,6 @@ class Tapped:
         return self.body is not _NOT_JSON
 
     @property
-    def ours(self) -> bool:
-        return ce.H_TYPE in self.headers
-
-    @property
     def type(self) -> str:
         if self.request is not None:
             return f"{self.request.type} reply"
