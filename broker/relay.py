@@ -77,10 +77,14 @@ class Relay:
 
     async def checkpoint(self) -> int:
         """The store position of the last event in ``EVENTS`` (0 when it is empty)."""
-        seq = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
+        state = (await self._js.stream_info(EVENTS_STREAM)).state
+        seq, first = state.last_seq, state.first_seq
         headers = None
-        # Walk back past messages without our header (published by someone else).
-        while seq and seq >= 1 and (not headers or H_POSITION not in headers):
+        # Walk back past messages without our header (published by someone else), never
+        # below the first message: a purged stream keeps its sequence numbers.
+        while (
+            state.messages and seq >= max(first, 1) and (not headers or H_POSITION not in headers)
+        ):
             try:
                 headers = (await self._js.get_msg(EVENTS_STREAM, seq)).headers
             except NotFoundError:
