@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from nats.aio.client import Client as NATS
@@ -33,7 +32,7 @@ class NatsCommandBus:
             attributes=tracing.messaging_attributes(subject, "send", ctx.id, ctx.correlation_id),
         ) as span:
             if span.is_recording():
-                ctx = dataclasses.replace(ctx, traceparent=tracing.traceparent_of(span))
+                ctx = ctx.with_traceparent(tracing.traceparent_of(span))
             reply = await self._request(subject, command, ctx, timeout)
             if not reply.ok:
                 tracing.fail(span, reply.code, reply.message)

@@ -9,7 +9,6 @@ line that carries the request's trace and correlation ids.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -133,7 +132,7 @@ class RequestService:
         ) as span:
             if span.is_recording():
                 # What this request causes (stored events, commands) descends from this span.
-                ctx = dataclasses.replace(ctx, traceparent=tracing.traceparent_of(span))
+                ctx = ctx.with_traceparent(tracing.traceparent_of(span))
             with handling(ctx):
                 try:
                     reply, error = await self._answer(msg, msg_type, ctx)

@@ -151,11 +151,17 @@ class LeanTracer(trace.Tracer):
         sampler: sampling.Sampler,
         processors: Sequence[SpanProcessor],
         scope: InstrumentationScope,
+        *,
+        parent_based: bool | None = None,
     ) -> None:
+        """``parent_based`` decides without asking the sampler, for the two samplers whose
+        answer is known in advance: ``always_on`` (False: always sampled) and
+        ``parentbased_always_on`` (True: as the parent, sampled at a root)."""
         self.resource = resource
         self.sampler = sampler
         self.scope = scope
         self._processors = tuple(processors)
+        self._parent_based = parent_based
 
     def finished(self, span: ReadableSpan) -> None:
         for processor in self._processors:
@@ -173,16 +179,40 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
-        if not parent.is_valid:
-            parent_context = None
-            trace_id = random.getrandbits(128) or 1
-            trace_state = None
-        else:
-            parent_context = parent
-            trace_id = parent.trace_id
-            trace_state = parent.trace_state
-        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        return self.start(name, parent, kind, attributes)
+
+    def start(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+    ) -> trace.Span:
+        """The message path's entry: the parent as a span context (None: the current
+        span), with no OpenTelemetry ``Context`` built unless a sampler needs one."""
+        if parent is None:
+            parent = trace.get_current_span().get_span_context()
         span_id = random.getrandbits(64) or 1
+        if parent.is_valid:
+            parent_context: SpanContext | None = parent
+            trace_id, trace_state = parent.trace_id, parent.trace_state
+        else:
+            parent_context = None
+            trace_id, trace_state = random.getrandbits(128) or 1, None
+        if self._parent_based is not None:
+            sampled = parent_context is None or not self._parent_based or parent.trace_flags.sampled
+            if not sampled:
+                return trace.NonRecordingSpan(
+                    SpanContext(trace_id, span_id, False, _NOT_SAMPLED, trace_state)
+                )
+            context = SpanContext(trace_id, span_id, False, _SAMPLED, trace_state)
+            return LeanSpan(self, name, context, parent_context, kind, attributes)
+        ctx = (
+            trace.set_span_in_context(trace.NonRecordingSpan(parent))
+            if parent_context is not None
+            else None
+        )
+        result = self.sampler.should_sample(ctx, trace_id, name, kind, attributes)
         decision = result.decision
         sampled = decision is sampling.Decision.RECORD_AND_SAMPLE
         flags = _SAMPLED if sampled else _NOT_SAMPLED

@@ -39,7 +39,7 @@ from telemetry.spans import LeanTracer
 INSTRUMENTATION = "ordermesh"
 
 _provider: TracerProvider | None = None
-_tracer: trace.Tracer = trace.NoOpTracer()
+_tracer: LeanTracer | None = None
 
 
 def enabled() -> bool:
@@ -47,7 +47,7 @@ def enabled() -> bool:
 
 
 def tracer() -> trace.Tracer:
-    return _tracer
+    return _tracer if _tracer is not None else trace.NoOpTracer()
 
 
 def _endpoint(environ: Mapping[str, str]) -> str | None:
@@ -96,14 +96,26 @@ def configure_tracing(
         provider.add_span_processor(processor)  # so that shutdown flushes them
     _provider = provider
     _tracer = LeanTracer(
-        provider.resource, provider.sampler, processors, InstrumentationScope(INSTRUMENTATION)
+        provider.resource,
+        provider.sampler,
+        processors,
+        InstrumentationScope(INSTRUMENTATION),
+        parent_based=_KNOWN_DECISIONS.get(_sampler_name(environ)),
     )
     return provider
 
 
+#: Samplers whose decision is known without asking: parent-based or not.
+_KNOWN_DECISIONS = {"always_on": False, "parentbased_always_on": True}
+
+
+def _sampler_name(environ: Mapping[str, str]) -> str:
+    return environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+
+
 def sampler_from(environ: Mapping[str, str]) -> sampling.Sampler:
     """``OTEL_TRACES_SAMPLER`` (and ``_ARG``) as the SDK reads them, from ``environ``."""
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    name = _sampler_name(environ)
     try:
         ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
     except ValueError:
@@ -127,13 +139,11 @@ def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
     _provider = None
-    _tracer = trace.NoOpTracer()
+    _tracer = None
 
 
-def parent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
-    """A context whose current span is the remote parent named by ``traceparent``."""
-    if not traceparent:
-        return None
+def span_context_of(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The remote span named by a W3C ``traceparent``, or None if it is not one."""
     parts = traceparent.split("-")
     if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
         return None
@@ -147,7 +157,15 @@ def parent(traceparent: str | None, tracestate: str | None = None) -> otel_conte
         )
     except ValueError:
         return None
-    if not span_context.is_valid:
+    return span_context if span_context.is_valid else None
+
+
+def parent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
+    """A context whose current span is the remote parent named by ``traceparent``."""
+    if not traceparent:
+        return None
+    span_context = span_context_of(traceparent, tracestate)
+    if span_context is None:
         return None
     return trace.set_span_in_context(NonRecordingSpan(span_context))
 
@@ -191,23 +209,23 @@ class _Scope:
     """``with span(...)``: a class, not a generator, because this runs for every message;
     the SDK's ``start_as_current_span`` stacks three context managers per span."""
 
-    __slots__ = ("_attributes", "_context", "_kind", "_name", "_span", "_token")
+    __slots__ = ("_attributes", "_context", "_kind", "_name", "_span", "_token", "_tracer")
 
     def __init__(
         self,
+        tracer: LeanTracer,
         name: str,
-        context: otel_context.Context | None,
+        context: SpanContext | None,
         kind: SpanKind,
         attributes: Mapping[str, Any] | None,
     ) -> None:
+        self._tracer = tracer
         self._name, self._context, self._kind, self._attributes = name, context, kind, attributes
         self._span: Span = trace.INVALID_SPAN
         self._token: object = None
 
     def __enter__(self) -> Span:
-        self._span = _tracer.start_span(
-            self._name, context=self._context, kind=self._kind, attributes=self._attributes
-        )
+        self._span = self._tracer.start(self._name, self._context, self._kind, self._attributes)
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self._span
 
@@ -252,10 +270,10 @@ def span(
     Exceptions are recorded and mark the span as failed; with tracing off this returns
     a shared no-op and costs one attribute lookup.
     """
-    if _provider is None:
+    if _tracer is None:
         return _OFF
-    ctx = parent(traceparent, tracestate) if traceparent else None
-    return _Scope(name, ctx, kind, attributes)
+    ctx = span_context_of(traceparent, tracestate) if traceparent else None
+    return _Scope(_tracer, name, ctx, kind, attributes)
 
 
 def fail(span_: Span, code: str, message: str) -> None:
@@ -276,7 +294,7 @@ def start_span(
     """A span that is not made current: for work that ends in a callback (a publish
     ended by its ack), or a leaf with nothing inside it. Without ``traceparent`` it is a
     child of the current span. None when tracing is off."""
-    if _provider is None:
+    if _tracer is None:
         return None
-    ctx = parent(traceparent, tracestate) if traceparent else None
-    return _tracer.start_span(name, context=ctx, kind=kind, attributes=attributes)
+    ctx = span_context_of(traceparent, tracestate) if traceparent else None
+    return _tracer.start(name, ctx, kind, attributes)

@@ -341,7 +341,7 @@ class _Discard(SpanExporter):
 
 
 async def tracing_cost(
-    nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 2
+    nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 3
 ) -> list[Result]:
     """``product.restock`` with tracing off and on (always-on sampler, batch processor,
     discarding exporter), alternated so that machine drift hits both alike."""
@@ -385,10 +385,11 @@ async def tracing_cost(
         )
 
     off_name = f"tracing.off.product.restock.c{concurrency}"
-    return [
-        median(off, off_name, None, None),
-        median(on, f"tracing.on.product.restock.c{concurrency}", off_name, 0.8),
+    traced = median(on, f"tracing.on.product.restock.c{concurrency}", off_name, 0.8)
+    traced.extra["pair_ratios"] = [
+        round(t.value / o.value, 3) for t, o in zip(on, off, strict=True)
     ]
+    return [median(off, off_name, None, None), traced]
 
 
 async def saga_rate(

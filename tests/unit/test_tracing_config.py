@@ -82,3 +82,33 @@ def test_traceparent_round_trip_and_garbage() -> None:
         "00-" + "0" * 32 + "-" + "0" * 16 + "-01",
     ):
         assert tracing.parent(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("sampler", "parent_flags", "recorded"),
+    [
+        ("parentbased_always_on", None, True),
+        ("parentbased_always_on", "01", True),
+        ("parentbased_always_on", "00", False),
+        ("always_on", "00", True),
+        ("traceidratio", None, True),  # through the SDK's sampler: ratio 1.0
+        ("always_off", None, False),
+    ],
+)
+def test_sampling_follows_the_sampler_and_the_parent(
+    monkeypatch: pytest.MonkeyPatch, sampler: str, parent_flags: str | None, recorded: bool
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing(
+        "s", processors=[SimpleSpanProcessor(exporter)], environ={"OTEL_TRACES_SAMPLER": sampler}
+    )
+    parent = None
+    if parent_flags is not None:
+        parent = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{parent_flags}"
+    with tracing.span("x process", traceparent=parent) as span:
+        assert span.is_recording() is recorded
+        child = tracing.traceparent_of(span)
+    assert len(exporter.get_finished_spans()) == (1 if recorded else 0)
+    if parent is not None:
+        assert child is not None and child.split("-")[1] == parent.split("-")[1]
+        assert child.endswith("-01" if recorded else "-00")
