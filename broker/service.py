@@ -31,7 +31,7 @@ from domain.event_store import EventStoreUnavailable
 from domain.metadata import MessageContext
 from telemetry import tracing
 from telemetry.context import handling
-from telemetry.metrics import UNKNOWN, RequestMetrics, observe
+from telemetry.metrics import UNKNOWN, RequestMetrics, count, observe
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -138,18 +138,18 @@ class RequestService:
                     reply, error = await self._answer(msg, msg_type, ctx)
                 except Unresponsive as exc:
                     _log(ctx, msg_type).info("{} left unanswered: {}", msg_type, exc)
-                    self._metrics.received.labels(label).inc()
+                    count(self._metrics.received, label)
                     return
             if error is not None:
                 tracing.fail(span, *error)
-                self._metrics.errors.labels(label, error[0]).inc()
+                count(self._metrics.errors, label, error[0])
             if msg.reply:
                 # No headers: the requester knows its own ids, and parsing headers is the
                 # most expensive part of a small reply for every NATS client.
                 await self._nc.publish(msg.reply, reply)
             else:
                 _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
-            self._metrics.received.labels(label).inc()
+            count(self._metrics.received, label)
             trace_id = f"{span.get_span_context().trace_id:032x}" if span.is_recording() else None
             observe(self._metrics.duration, time.perf_counter() - started, label, trace_id=trace_id)
 

@@ -37,7 +37,7 @@ from domain.event_store import (
 from domain.messages import Event
 from domain.metadata import MessageContext, event_metadata, parse_metadata
 from telemetry import tracing
-from telemetry.metrics import event_stored
+from telemetry.metrics import count, event_stored
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CACHE_SIZE = 10_000
@@ -249,7 +249,7 @@ class CommandExecutor:
             if span is not None:
                 span.end()
         for e in events:
-            event_stored.labels(e.TYPE).inc()
+            count(event_stored, e.TYPE)
         return appended
 
     async def _result_at(

@@ -145,23 +145,34 @@ _series: dict[tuple[int, tuple[str, ...]], Any] = {}
 _last_exemplar: dict[int, float] = {}
 
 
+def series(metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: prometheus-client takes a lock and
+    builds a key on every call, and the hot path counts several times per message."""
+    key = (id(metric), labels)
+    found = _series.get(key)
+    if found is None:
+        found = _series[key] = metric.labels(*labels)
+    return found
+
+
+def count(counter: Counter, *labels: str) -> None:
+    series(counter, *labels).inc()
+
+
 def observe(
     histogram: Histogram, seconds: float, *labels: str, trace_id: str | None = None
 ) -> None:
     """``histogram.labels(*labels).observe(seconds)``, with the series looked up once and
     an exemplar at most every :data:`EXEMPLAR_INTERVAL` per series."""
-    key = (id(histogram), labels)
-    series = _series.get(key)
-    if series is None:
-        series = _series[key] = histogram.labels(*labels)
+    series_ = series(histogram, *labels)
     now = time.monotonic()
-    if now - _last_exemplar.get(id(series), 0.0) >= EXEMPLAR_INTERVAL:
+    if now - _last_exemplar.get(id(series_), 0.0) >= EXEMPLAR_INTERVAL:
         attached = exemplar(trace_id)
         if attached is not None:
-            _last_exemplar[id(series)] = now
-        series.observe(seconds, attached)
+            _last_exemplar[id(series_)] = now
+        series_.observe(seconds, attached)
     else:
-        series.observe(seconds)
+        series_.observe(seconds)
 
 
 class timed:
