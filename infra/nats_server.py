@@ -65,12 +65,15 @@ class EmbeddedNatsServer:
         monitor_port: int = 0,
         max_memory: str = "256MB",
         max_file: str = "10GB",
+        extra_config: str = "",
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
         self._max_memory = max_memory
         self._max_file = max_file
+        #: Appended to the generated configuration (authorization, TLS, …).
+        self._extra_config = extra_config
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -97,6 +100,7 @@ jetstream {{
   max_memory_store: {self._max_memory}
   max_file_store: {self._max_file}
 }}
+{self._extra_config}
 """
         )
         return config

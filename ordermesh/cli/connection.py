@@ -59,12 +59,7 @@ class NatsOptions:
         return self.url or os.environ.get("ORDERMESH_NATS_URL") or DEFAULT_URL
 
     def connect_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "name": "ordermesh-cli",
-            "connect_timeout": 5,
-            "max_reconnect_attempts": 3,
-            "allow_reconnect": True,
-        }
+        options: dict[str, Any] = {"name": "ordermesh-cli", "connect_timeout": 5}
         if self.creds:
             options["user_credentials"] = str(self.creds)
         if self.user:
@@ -83,4 +78,39 @@ class NatsOptions:
         return options
 
     async def connect(self, **extra: Any) -> NATS:
-        return await connect(self.server, **(self.connect_options() | extra))
+        """Fail fast and say why (a refused password, nobody listening); once connected,
+        ride out server restarts as the ``nats`` CLI does.
+
+        nats-py retries even the first connection when reconnecting is allowed, and logs a
+        traceback per attempt; so one quiet attempt without reconnects comes first.
+        """
+        errors: list[BaseException] = []
+
+        async def remember(exc: BaseException) -> None:
+            errors.append(exc)
+
+        options = self.connect_options() | {"error_cb": remember}
+        try:
+            probe = await connect(
+                self.server,
+                **options,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # 0 would mean "for ever" to nats-py
+                reconnect_time_wait=0.1,
+            )
+        except Exception as exc:
+            reason = errors[-1] if errors else exc
+            raise Unreachable(f"cannot connect to {self.server}: {reason}") from None
+        await probe.close()
+        return await connect(
+            self.server,
+            **options,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            **extra,
+        )
+
+
+class Unreachable(Exception):
+    """NATS refused us or is not there; the message says which."""

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry.trace import SpanKind
@@ -28,6 +27,7 @@ from ordermesh.cli.connection import (
     TlsCert,
     TlsKey,
     Token,
+    Unreachable,
     User,
 )
 from ordermesh.outgoing import BadBody, Outgoing, build, child_traceparent, parse_header
@@ -166,8 +166,8 @@ async def _publish(
                 return USAGE
             try:
                 nc = await nats.connect()
-            except (NatsError, OSError) as exc:
-                console.print(f"[red]cannot connect to {nats.server}: {exc}[/]")
+            except Unreachable as exc:
+                console.print(f"[red]{exc}[/]")
                 return USAGE
             try:
                 await nc.publish(out.subject, out.body, headers=out.headers)
@@ -250,8 +250,8 @@ async def _request(
             _describe(out, as_json)
             try:
                 nc = await nats.connect()
-            except (NatsError, OSError) as exc:
-                console.print(f"[red]cannot connect to {nats.server}: {exc}[/]")
+            except Unreachable as exc:
+                console.print(f"[red]{exc}[/]")
                 return USAGE
             try:
                 reply = await nc.request(

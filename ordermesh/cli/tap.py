@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
-from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError as JsNotFoundError
 from rich.live import Live
 
@@ -25,6 +24,7 @@ from ordermesh.cli.connection import (
     TlsCert,
     TlsKey,
     Token,
+    Unreachable,
     User,
 )
 from ordermesh.tap.filters import Filter
@@ -184,8 +184,8 @@ def tap(
 async def _tap(nats: NatsOptions, options: TapOptions, output: _Output, stats: bool) -> int:
     try:
         nc = await nats.connect()
-    except (NatsError, OSError) as exc:
-        console.print(f"[red]cannot connect to {nats.server}: {exc}[/]")
+    except Unreachable as exc:
+        console.print(f"[red]{exc}[/]")
         return 2
     counter = Stats() if stats else None
     session = Tap(nc, options, counter if counter is not None else output)

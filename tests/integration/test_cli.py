@@ -407,3 +407,27 @@ async def test_replay_since_and_of_dead_letters(
     assert dead["subject"] == "dlq.events.foreign.note" and dead["kind"] == "dlq"
     assert dead["raw"] == "not ours"
     assert dead["headers"]["ordermesh-dlq-reason"].startswith("no ordermesh event headers")
+
+
+async def test_credentials_reach_a_server_that_requires_them(tmp_path: Path) -> None:
+    server = EmbeddedNatsServer(
+        tmp_path / "nats", extra_config='authorization { user: "ops", password: "local-only" }'
+    )
+    await server.start()
+    try:
+        env = env_for(tmp_path / "data", ORDERMESH_NATS_URL=server.url)
+        code, _out, err = await run_cli(
+            "tap", "--timeout", "0.2", "--user", "ops", "--password", "wrong", env=env
+        )
+        assert code == 2 and "Authorization Violation" in err
+        assert "Traceback" not in err
+        code, _out, err = await run_cli(
+            "tap", "--timeout", "0.2", "--user", "ops", "--password", "local-only", env=env
+        )
+        assert code == 0, err
+        code, _out, err = await run_cli(
+            "request", "nobody.here", "{}", "--user", "ops", "--password", "local-only", env=env
+        )
+        assert code == 3 and "nobody serves" in err  # connected, and nobody answers
+    finally:
+        await server.stop()
