@@ -58,6 +58,7 @@ def _banner(application: App) -> None:
         "  try:  nats req commands.product.create "
         """'{"product_id":"p-1","name":"Widget","price":"12.50","stock":10}'""",
         '        nats req queries.product.get \'{"product_id":"p-1"}\'',
+        "  demo: ordermesh demo --orders 200 --rate 20   (then: ordermesh tap)",
         "  stop: Ctrl-C",
     ]
     # Printed to stdout so scripts can read where things are.
