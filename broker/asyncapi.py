@@ -18,9 +18,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from broker import cloudevents as ce
-from broker import replies
+from broker import dead_letters, replies
 from broker.subjects import (
     COMMAND_QUEUE,
+    DLQ_PREFIX,
+    DLQ_STREAM,
     EVENTS_STREAM,
     QUERY_QUEUE,
     command_subject,
@@ -301,6 +303,7 @@ def asyncapi_document() -> dict[str, Any]:
                     "nats": {"queue": family.queue, "bindingVersion": NATS_BINDING_VERSION}
                 }
             _merge(operations, {subject: operation})
+    _dead_letters(schemas, messages, channels, operations)
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -330,6 +333,54 @@ def asyncapi_document() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+DEAD_LETTER = "DeadLetter"
+DLQ_CHANNEL = "dlq"
+
+
+def _dead_letters(
+    schemas: dict[str, Any],
+    messages: dict[str, Any],
+    channels: dict[str, Any],
+    operations: dict[str, Any],
+) -> None:
+    """``dlq.<subject>``: what a consumer could not use, as it arrived, with the reason."""
+    schemas["DeadLetterHeaders"] = {
+        "type": "object",
+        "description": "The original message's headers, and why it was set aside.",
+        "properties": {
+            dead_letters.H_REASON: {"type": "string", "description": "why it was set aside"},
+            dead_letters.H_CONSUMER: {"type": "string", "description": "who set it aside"},
+            dead_letters.H_SEQUENCE: {
+                "type": "string",
+                "description": f"its sequence in {EVENTS_STREAM}",
+            },
+        },
+        "required": [dead_letters.H_REASON, dead_letters.H_CONSUMER, dead_letters.H_SEQUENCE],
+        "additionalProperties": {"type": "string"},
+    }
+    messages[DEAD_LETTER] = {
+        "name": "dead_letter",
+        "title": DEAD_LETTER,
+        "summary": "A message a consumer could not use, body unchanged.",
+        "headers": {"$ref": SCHEMAS + "DeadLetterHeaders"},
+        "payload": {"description": "the original body, byte for byte (not always JSON)"},
+    }
+    channels[DLQ_CHANNEL] = {
+        "address": f"{DLQ_PREFIX}{{subject}}",
+        "description": f"JetStream stream {DLQ_STREAM}: the original subject after `dlq.`.",
+        "parameters": {"subject": {"description": "the subject the message arrived on"}},
+        "messages": {DEAD_LETTER: {"$ref": MESSAGES + DEAD_LETTER}},
+    }
+    operations[DLQ_CHANNEL] = {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{DLQ_CHANNEL}"},
+        "summary": "A poison message set aside.",
+        "description": "Sent by a consumer (the read models, the saga inbox) instead of "
+        "stopping on a message it cannot apply; the feed goes on past it.",
+        "messages": [{"$ref": f"#/channels/{DLQ_CHANNEL}/messages/{DEAD_LETTER}"}],
     }
 
 

@@ -60,8 +60,10 @@ def test_every_type_has_a_channel_at_its_subject() -> None:
         *(command_subject(t) for t in COMMAND_HANDLERS),
         *(query_subject(t) for t in QUERY_HANDLERS),
         *(event_subject(t) for t in EVENTS),
+        "dlq.{subject}",
     }
     assert expected <= addresses, sorted(expected - addresses)
+    assert "sagas.order_fulfillment.step_started" in addresses
 
 
 def test_every_ref_resolves() -> None:
