@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -429,5 +430,27 @@ async def test_credentials_reach_a_server_that_requires_them(tmp_path: Path) -> 
             "request", "nobody.here", "{}", "--user", "ops", "--password", "local-only", env=env
         )
         assert code == 3 and "nobody serves" in err  # connected, and nobody answers
+    finally:
+        await server.stop()
+
+
+async def test_tls_needs_the_servers_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_pem, server_key, ca_pem = tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(server_pem))
+    cert.private_key_pem.write_to_path(str(server_key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    server = EmbeddedNatsServer(
+        tmp_path / "nats",
+        extra_config=f'tls {{ cert_file: "{server_pem}"\n key_file: "{server_key}" }}',
+    )
+    await server.start()
+    try:
+        env = env_for(tmp_path / "data", ORDERMESH_NATS_URL=server.url)
+        code, _out, err = await run_cli("tap", "--timeout", "0.2", env=env)
+        assert code == 2 and "cannot connect" in err and "Traceback" not in err
+        code, _out, err = await run_cli("tap", "--timeout", "0.2", "--tlsca", str(ca_pem), env=env)
+        assert code == 0, err
     finally:
         await server.stop()
