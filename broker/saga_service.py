@@ -24,7 +24,7 @@ from handlers.executor import CommandExecutor
 from infra.sqlite_worker import SQLiteWorker
 from projections.base import CHECKPOINT_SCHEMA
 from sagas import inbox
-from sagas.order_fulfillment import SAGA_TYPE
+from sagas.order_fulfillment import SAGA_TYPE, stream_name
 from sagas.policy import SagaPolicy
 from sagas.runner import SagaRunner
 from telemetry.context import handling
@@ -140,6 +140,8 @@ class SagaService:
         while True:
             try:
                 saga = await self.runner.run(placed, ctx)
+                # An ended saga is never written again: keep the cache for live ones.
+                self.runner.executor.forget(stream_name(saga_id))
                 await self._db.run(lambda db: inbox.done(db, saga_id))
                 self.finished += 1
                 finishing, self._finishing = self._finishing, asyncio.Event()

@@ -146,6 +146,10 @@ class CommandExecutor:
         self._remember(stream, snap)
         return snap
 
+    def forget(self, stream: str) -> None:
+        """Drop a stream that will not be written again (an ended saga) from the cache."""
+        self._cache.pop(stream, None)
+
     async def load(self, stream: str, new_state: Callable[[], A]) -> A:
         """The current state of a stream for a read-only use, such as pricing an order."""
         async with self._lock(stream):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from broker.cloudevents import decode_context
 from domain.errors import ProductNotFound
 from domain.event_store import AppendResult, ExpectedRevision, NewEvent, StreamState
+from domain.metadata import MessageContext
 from domain.product import ChangePrice, CreateProduct, Restock
 from handlers import CommandExecutor, ConcurrencyConflict
 from handlers import product as product_handlers
@@ -158,3 +160,19 @@ async def test_first_result_survives_later_changes_and_cache_eviction(
     )  # evicts "product-p"
     again = await product_handlers.restock(ex, Restock(product_id="p", quantity=2), ctx("c1"))
     assert again.duplicate and again.data == first.data and again.data["stock"] == 2
+
+
+async def test_a_forgotten_stream_is_read_again_from_the_store(tmp_path: Path) -> None:
+    store = await SQLiteEventStore.open(tmp_path / "events.db")
+    try:
+        ex = CommandExecutor(store)
+        ctx = MessageContext(id="c-1", type="product.create", source="t", correlation_id="c-1")
+        body = CreateProduct(product_id="p-1", name="W", price=Decimal("1.00"), stock=1)
+        await product_handlers.create(ex, body, ctx)
+        ex.forget("product-p-1")
+        ex.forget("product-never")  # forgetting what is not cached is harmless
+        resend = await product_handlers.create(ex, body, ctx)
+        assert resend.duplicate  # still idempotent: the record came back from the store
+        assert len(await store.read_stream("product-p-1")) == 1
+    finally:
+        await store.close()
