@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -181,9 +182,21 @@ def tap(
     raise typer.Exit(code)
 
 
+def _say(text: str) -> Callable[[], Awaitable[None]]:
+    """A connection callback that tells the user, on stderr, what the tap is doing."""
+
+    async def say() -> None:
+        console.print(f"[yellow]{text}[/]")
+
+    return say
+
+
 async def _tap(nats: NatsOptions, options: TapOptions, output: _Output, stats: bool) -> int:
     try:
-        nc = await nats.connect()
+        nc = await nats.connect(
+            disconnected_cb=_say("disconnected from NATS; reconnecting…"),
+            reconnected_cb=_say("reconnected"),
+        )
     except Unreachable as exc:
         console.print(f"[red]{exc}[/]")
         return 2

@@ -4,6 +4,7 @@ subprocesses against a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ import trustme
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
 from tests.conftest import eventually, request
@@ -452,5 +454,41 @@ async def test_tls_needs_the_servers_ca(tmp_path: Path) -> None:
         assert code == 2 and "cannot connect" in err and "Traceback" not in err
         code, _out, err = await run_cli("tap", "--timeout", "0.2", "--tlsca", str(ca_pem), env=env)
         assert code == 0, err
+    finally:
+        await server.stop()
+
+
+async def test_tap_rides_out_a_server_restart(tmp_path: Path) -> None:
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    await server.start()
+    env = env_for(tmp_path / "data", ORDERMESH_NATS_URL=server.url)
+    try:
+        async with tapping("--json", "--count", "1", "after.>", env=env) as proc:
+            assert proc.stderr is not None
+            await server.stop()
+            async with asyncio.timeout(20):
+                line = (await proc.stderr.readline()).decode()
+            assert "disconnected" in line
+            server = EmbeddedNatsServer(tmp_path / "nats", port=server.port)
+            await server.start()
+            async with asyncio.timeout(20):
+                line = (await proc.stderr.readline()).decode()
+            assert "reconnected" in line
+            client = await connect(server.url)
+            try:
+                # The tap subscribes again as it reconnects; publish until it has seen one.
+                for _ in range(50):
+                    await client.publish("after.restart", b'{"n": 1}')
+                    await client.flush()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            await proc.wait()
+                    if proc.returncode is not None:
+                        break
+            finally:
+                await client.close()
+            code, lines = await finish(proc)
+        assert code == 0
+        assert [json.loads(line)["subject"] for line in lines] == ["after.restart"]
     finally:
         await server.stop()
