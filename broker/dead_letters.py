@@ -37,5 +37,5 @@ async def dead_letter(js: JetStreamContext, msg: Msg, consumer: str, reason: str
         }
     )
     await js.publish(dlq_subject(msg.subject), msg.data, headers=headers, stream=DLQ_STREAM)
-    dlq_messages.labels(subject_label(msg.subject, set(EVENTS))).inc()
+    dlq_messages.labels(subject_label(msg.subject, EVENTS)).inc()
     logger.warning("{} set {} aside in {}: {}", consumer, msg.subject, DLQ_STREAM, reason)

@@ -70,14 +70,18 @@ class Database(Protocol):
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
 
-def recorded_from_msg(msg: Msg) -> RecordedEvent:
+def recorded_from_msg(msg: Msg, *, context: bool = False) -> RecordedEvent:
     """Rebuild the stored event from the relay's headers; raises ``KeyError`` if not ours.
 
-    The metadata is rebuilt from the headers the relay derived from it, so a consumer
-    that acts on an event (the saga) can carry its correlation and trace onwards.
+    With ``context``, the metadata is rebuilt from the headers the relay derived from it,
+    so a consumer that acts on an event (the saga) can carry its correlation and trace
+    onwards; read models need none of it.
     """
     h = msg.headers or {}
-    meta = {key: h[header] for header, key in _CONTEXT_HEADERS if header in h}
+    metadata = b""
+    if context:
+        meta = {key: h[header] for header, key in _CONTEXT_HEADERS if header in h}
+        metadata = json.dumps(meta, separators=(",", ":")).encode()
     return RecordedEvent(
         id=uuid.UUID(h[ce.H_ID]),
         stream=h[ce.H_STREAM],
@@ -85,7 +89,7 @@ def recorded_from_msg(msg: Msg) -> RecordedEvent:
         position=int(h[ce.H_POSITION]),
         type=h[ce.H_TYPE],
         data=msg.data,
-        metadata=json.dumps(meta, separators=(",", ":")).encode(),
+        metadata=metadata,
         recorded_at=datetime.fromisoformat(h[ce.H_TIME]),
     )
 
@@ -115,6 +119,7 @@ class Projector:
         *,
         batch: int = DEFAULT_BATCH,
         on_commit: CommitHook | None = None,
+        keep_context: bool = False,
     ) -> None:
         self._js = nc.jetstream()
         self._db = db
@@ -127,6 +132,8 @@ class Projector:
         #: Called with each batch once it is committed (benchmarks observe latency here;
         #: tests inject faults).
         self.on_commit = on_commit
+        #: Rebuild each event's metadata (correlation, trace) for ``on_commit``.
+        self._keep_context = keep_context
         self._task: asyncio.Task[None] | None = None
         self.applied = 0
         self.restarts = 0
@@ -187,7 +194,7 @@ class Projector:
         received: list[tuple[Msg, RecordedEvent]] = []
         for msg in msgs:
             try:
-                received.append((msg, recorded_from_msg(msg)))
+                received.append((msg, recorded_from_msg(msg, context=self._keep_context)))
             except (KeyError, ValueError) as exc:
                 await dead_letter(self._js, msg, self.name, f"no ordermesh event headers ({exc})")
         sequence = msgs[-1].metadata.sequence.stream

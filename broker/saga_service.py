@@ -73,7 +73,9 @@ class SagaService:
     ) -> None:
         self.runner = SagaRunner(executor, NatsCommandBus(nc), policy)
         self._db = db
-        self._projector = Projector(nc, db, [inbox.SagaInbox()], on_commit=self._on_commit)
+        self._projector = Projector(
+            nc, db, [inbox.SagaInbox()], on_commit=self._on_commit, keep_context=True
+        )
         self._concurrency = concurrency
         self._queue: asyncio.Queue[tuple[OrderPlaced, MessageContext]] = asyncio.Queue()
         self._owed: set[str] = set()

@@ -6,6 +6,8 @@ span names and metric labels can use the type and never a subject carrying an id
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 COMMANDS_PREFIX = "commands."
 EVENTS_PREFIX = "events."
 QUERIES_PREFIX = "queries."
@@ -80,7 +82,7 @@ def dlq_subject(subject: str) -> str:
     return DLQ_PREFIX + subject
 
 
-def subject_label(subject: str, known_types: frozenset[str] | set[str] = frozenset()) -> str:
+def subject_label(subject: str, known_types: Container[str] = ()) -> str:
     """A bounded metric label for any subject: ours as they are, anyone else's as their
     first token and ``other`` (a foreign publisher must not mint label values)."""
     if type_from_subject(subject) in known_types:

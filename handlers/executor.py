@@ -147,7 +147,8 @@ class CommandExecutor:
         return snap
 
     def forget(self, stream: str) -> None:
-        """Drop a stream that will not be written again (an ended saga) from the cache."""
+        """Drop a stream from the cache: it will not be written again (an ended saga), or
+        its cached state can no longer be trusted."""
         self._cache.pop(stream, None)
 
     async def load(self, stream: str, new_state: Callable[[], A]) -> A:
@@ -172,7 +173,7 @@ class CommandExecutor:
                 raise  # a refusal wrote nothing: the cached state is still right
             except BaseException:
                 # A failed append may still have been written (a timeout): forget the cache.
-                self._cache.pop(stream, None)
+                self.forget(stream)
                 raise
 
     async def _execute(
@@ -224,34 +225,22 @@ class CommandExecutor:
     ) -> AppendResult:
         """Append under a span of its own; the stored metadata points at that span, so the
         relay's publish of each event continues the trace from here."""
-        # A leaf span, never made current: nothing runs inside it but the append.
-        span = tracing.start_span(
+        with tracing.leaf(
             "eventstore.append",
             kind=SpanKind.CLIENT,
-            traceparent=None,
             attributes={
                 "db.system.name": self.store_system,
                 "db.operation.name": "append",
                 "db.collection.name": stream,
             },
-        )
-        traceparent = tracing.traceparent_of(span) if span is not None else None
-        metadata = event_metadata(ctx, self.source, traceparent=traceparent or ctx.traceparent)
-        batch = [
-            NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
-            for e in events
-        ]
-        try:
+        ) as span:
+            traceparent = tracing.traceparent_of(span) or ctx.traceparent
+            metadata = event_metadata(ctx, self.source, traceparent=traceparent)
+            batch = [
+                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
+                for e in events
+            ]
             appended = await self.store.append(stream, batch, expected)
-        except BaseException as exc:
-            if span is not None:
-                if isinstance(exc, Exception):
-                    span.record_exception(exc)
-                tracing.fail(span, type(exc).__name__, str(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
         for e in events:
             count(event_stored, e.TYPE)
         return appended

@@ -12,11 +12,13 @@ import asyncio
 import dataclasses
 import functools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from domain import inventory as inv
 from domain import product as p
 from domain.errors import CodedError, InsufficientStock
+from domain.messages import Event
 from domain.metadata import MessageContext
 from handlers.executor import CommandExecutor, Outcome
 
@@ -78,8 +80,13 @@ async def _give_back(
     return released
 
 
-def _record(ex: CommandExecutor, order_id: str, decide: Any, ctx: MessageContext) -> Any:
-    return ex.execute(
+async def _record(
+    ex: CommandExecutor,
+    order_id: str,
+    decide: Callable[[inv.Inventory], list[Event]],
+    ctx: MessageContext,
+) -> Outcome:
+    return await ex.execute(
         inv.stream_name(order_id),
         functools.partial(inv.Inventory, order_id),
         decide,
@@ -111,7 +118,7 @@ async def reserve(ex: CommandExecutor, cmd: inv.ReserveInventory, ctx: MessageCo
             await _give_back(ex, cmd.order_id, held, ctx)
             raise
         try:
-            outcome: Outcome = await _record(ex, cmd.order_id, lambda s: s.reserved(lines), ctx)
+            outcome = await _record(ex, cmd.order_id, lambda s: s.reserved(lines), ctx)
         except CodedError:
             # Released meanwhile (by another replica): the holds must not outlive it.
             await _give_back(ex, cmd.order_id, held, ctx)
@@ -128,5 +135,4 @@ async def release(ex: CommandExecutor, cmd: inv.ReleaseInventory, ctx: MessageCo
             return Outcome(inventory_view(state), [], duplicate=True)
         product_ids = [line.product_id for line in (*cmd.items, *state.items)]
         released = await _give_back(ex, cmd.order_id, product_ids, ctx)
-        result: Outcome = await _record(ex, cmd.order_id, lambda s: s.release(released), ctx)
-        return result
+        return await _record(ex, cmd.order_id, lambda s: s.release(released), ctx)

@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
@@ -44,10 +43,6 @@ _tracer: LeanTracer | None = None
 
 def enabled() -> bool:
     return _provider is not None
-
-
-def tracer() -> trace.Tracer:
-    return _tracer if _tracer is not None else trace.NoOpTracer()
 
 
 def _endpoint(environ: Mapping[str, str]) -> str | None:
@@ -160,25 +155,11 @@ def span_context_of(traceparent: str, tracestate: str | None = None) -> SpanCont
     return span_context if span_context.is_valid else None
 
 
-def parent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
-    """A context whose current span is the remote parent named by ``traceparent``."""
-    if not traceparent:
-        return None
-    span_context = span_context_of(traceparent, tracestate)
-    if span_context is None:
-        return None
-    return trace.set_span_in_context(NonRecordingSpan(span_context))
-
-
 def traceparent_of(span: Span) -> str | None:
     sc = span.get_span_context()
     if not sc.is_valid:
         return None
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
-
-
-def current_traceparent() -> str | None:
-    return traceparent_of(trace.get_current_span())
 
 
 def current_ids() -> tuple[str, str] | None:
@@ -209,7 +190,16 @@ class _Scope:
     """``with span(...)``: a class, not a generator, because this runs for every message;
     the SDK's ``start_as_current_span`` stacks three context managers per span."""
 
-    __slots__ = ("_attributes", "_context", "_kind", "_name", "_span", "_token", "_tracer")
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_current",
+        "_kind",
+        "_name",
+        "_span",
+        "_token",
+        "_tracer",
+    )
 
     def __init__(
         self,
@@ -218,15 +208,18 @@ class _Scope:
         context: SpanContext | None,
         kind: SpanKind,
         attributes: Mapping[str, Any] | None,
+        *,
+        current: bool = True,
     ) -> None:
-        self._tracer = tracer
+        self._tracer, self._current = tracer, current
         self._name, self._context, self._kind, self._attributes = name, context, kind, attributes
         self._span: Span = trace.INVALID_SPAN
         self._token: object = None
 
     def __enter__(self) -> Span:
         self._span = self._tracer.start(self._name, self._context, self._kind, self._attributes)
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        if self._current:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self._span
 
     def __exit__(
@@ -238,7 +231,8 @@ class _Scope:
         if exc is not None and isinstance(exc, Exception):
             self._span.record_exception(exc)
             self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        otel_context.detach(self._token)  # type: ignore[arg-type]
+        if self._current:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
         self._span.end()
 
 
@@ -276,6 +270,16 @@ def span(
     return _Scope(_tracer, name, ctx, kind, attributes)
 
 
+def leaf(
+    name: str, *, kind: SpanKind, attributes: Mapping[str, Any] | None = None
+) -> AbstractContextManager[Span]:
+    """A child of the current span that is not made current itself, for work with
+    nothing traced inside it (an append): ``span`` without the context switch."""
+    if _tracer is None:
+        return _OFF
+    return _Scope(_tracer, name, None, kind, attributes, current=False)
+
+
 def fail(span_: Span, code: str, message: str) -> None:
     """Mark a span as failed by a refusal that is not an exception in our code."""
     if span_.is_recording():
@@ -291,9 +295,9 @@ def start_span(
     tracestate: str | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Span | None:
-    """A span that is not made current: for work that ends in a callback (a publish
-    ended by its ack), or a leaf with nothing inside it. Without ``traceparent`` it is a
-    child of the current span. None when tracing is off."""
+    """A span that is not made current, for work that ends in a callback (a publish
+    ended by its ack). Without ``traceparent`` it is a child of the current span. None
+    when tracing is off."""
     if _tracer is None:
         return None
     ctx = span_context_of(traceparent, tracestate) if traceparent else None

@@ -123,12 +123,17 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-async def traced_app(
-    spans: InMemorySpanExporter, nats_server: EmbeddedNatsServer, tmp_path: Path
-) -> AsyncIterator[App]:
+async def saga_app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
+    """Every service, with the saga's short test timeouts (:data:`FAST`)."""
     application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
     await application.start()
     try:
         yield application
     finally:
         await application.stop()
+
+
+@pytest.fixture
+def traced_app(spans: InMemorySpanExporter, saga_app: App) -> App:
+    """``saga_app`` with every span recorded in ``spans``."""
+    return saga_app

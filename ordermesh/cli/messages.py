@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from rich.console import Console
 from rich.table import Table
 
@@ -116,6 +120,79 @@ def _send_span(kind: str, subject: str, traceparent: str | None) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class _Send:
+    """One message to send, as the command line gave it."""
+
+    nats: NatsOptions
+    subject: str
+    text: str
+    headers: dict[str, str]
+    traceparent: str | None
+    correlation: str | None
+    as_json: bool
+
+
+class _Stop(Exception):
+    """Ends a command early with this exit code (the reason is already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@asynccontextmanager
+async def _sending(send: _Send, kind: str) -> AsyncIterator[tuple[Outgoing, NATS, Span]]:
+    """What publish and request share: this process's tracing, the sending span, the
+    message built in it (so it carries that span), and a connection."""
+    tracing.configure_tracing("ordermesh-cli")
+    try:
+        with _send_span(kind, send.subject, send.traceparent) as span:
+            parent = tracing.traceparent_of(span) or child_traceparent(send.traceparent)
+            try:
+                out = build(
+                    send.subject,
+                    send.text,
+                    traceparent=parent,
+                    correlation_id=send.correlation,
+                    extra_headers=send.headers,
+                )
+                nc = await send.nats.connect()
+            except (BadBody, Unreachable) as exc:
+                console.print(f"[red]{exc}[/]")
+                raise _Stop(USAGE) from None
+            try:
+                yield out, nc, span
+            finally:
+                await nc.close()
+    finally:
+        tracing.shutdown_tracing()
+
+
+def _send(
+    body: str,
+    header: list[str] | None,
+    nats: NatsOptions,
+    subject: str,
+    traceparent: str | None,
+    correlation: str | None,
+    as_json: bool,
+) -> _Send:
+    return _Send(
+        nats, subject, read_body(body), _headers(header), traceparent, correlation, as_json
+    )
+
+
+def _run(command: Coroutine[Any, Any, int]) -> NoReturn:
+    async def main() -> int:
+        try:
+            return await command
+        except _Stop as stop:
+            return stop.code
+
+    raise typer.Exit(runtime.run(main()))
+
+
 @app.command(help=PUBLISH_HELP)
 def publish(
     subject: Annotated[str, typer.Argument(help="subject to publish on")],
@@ -134,63 +211,20 @@ def publish(
     tlskey: TlsKey = None,
 ) -> None:
     nats = NatsOptions(nats_url, creds, user, password, token, tlsca, tlscert, tlskey)
-    text, extra = read_body(body), _headers(header)
-    raise typer.Exit(
-        runtime.run(_publish(nats, subject, text, extra, traceparent, correlation, as_json))
-    )
+    _run(_publish(_send(body, header, nats, subject, traceparent, correlation, as_json)))
 
 
-async def _publish(
-    nats: NatsOptions,
-    subject: str,
-    text: str,
-    extra: dict[str, str],
-    traceparent: str | None,
-    correlation: str | None,
-    as_json: bool,
-) -> int:
-    tracing.configure_tracing("ordermesh-cli")
-    try:
-        with _send_span("publish", subject, traceparent) as span:
-            parent = tracing.traceparent_of(span) or child_traceparent(traceparent)
-            try:
-                out = build(
-                    subject,
-                    text,
-                    traceparent=parent,
-                    correlation_id=correlation,
-                    extra_headers=extra,
-                )
-            except BadBody as exc:
-                console.print(f"[red]{exc}[/]")
-                return USAGE
-            try:
-                nc = await nats.connect()
-            except Unreachable as exc:
-                console.print(f"[red]{exc}[/]")
-                return USAGE
-            try:
-                await nc.publish(out.subject, out.body, headers=out.headers)
-                await nc.flush()
-            finally:
-                await nc.close()
-        if as_json:
-            print(
-                json.dumps(
-                    {
-                        "subject": subject,
-                        "id": out.message_id,
-                        "trace_id": out.trace_id,
-                        "correlation_id": out.correlation_id,
-                    }
-                )
-            )
-        else:
-            console.print(f"published [bold]{subject}[/]", highlight=False)
-            _describe(out, as_json)
-        return OK
-    finally:
-        tracing.shutdown_tracing()
+async def _publish(send: _Send) -> int:
+    async with _sending(send, "publish") as (out, nc, _span):
+        await nc.publish(out.subject, out.body, headers=out.headers)
+        await nc.flush()
+    if send.as_json:
+        ids = {"id": out.message_id, "trace_id": out.trace_id, "correlation_id": out.correlation_id}
+        print(json.dumps({"subject": send.subject} | ids))
+    else:
+        console.print(f"published [bold]{send.subject}[/]", highlight=False)
+        _describe(out, send.as_json)
+    return OK
 
 
 @app.command(help=REQUEST_HELP)
@@ -214,65 +248,28 @@ def request(
     tlskey: TlsKey = None,
 ) -> None:
     nats = NatsOptions(nats_url, creds, user, password, token, tlsca, tlscert, tlskey)
-    text, extra = read_body(body), _headers(header)
-    raise typer.Exit(
-        runtime.run(
-            _request(nats, subject, text, extra, traceparent, correlation, as_json, timeout)
-        )
-    )
+    send = _send(body, header, nats, subject, traceparent, correlation, as_json)
+    _run(_request(send, timeout))
 
 
-async def _request(
-    nats: NatsOptions,
-    subject: str,
-    text: str,
-    extra: dict[str, str],
-    traceparent: str | None,
-    correlation: str | None,
-    as_json: bool,
-    timeout: float,
-) -> int:
-    tracing.configure_tracing("ordermesh-cli")
-    try:
-        with _send_span("send", subject, traceparent) as span:
-            parent = tracing.traceparent_of(span) or child_traceparent(traceparent)
-            try:
-                out = build(
-                    subject,
-                    text,
-                    traceparent=parent,
-                    correlation_id=correlation,
-                    extra_headers=extra,
-                )
-            except BadBody as exc:
-                console.print(f"[red]{exc}[/]")
-                return USAGE
-            _describe(out, as_json)
-            try:
-                nc = await nats.connect()
-            except Unreachable as exc:
-                console.print(f"[red]{exc}[/]")
-                return USAGE
-            try:
-                reply = await nc.request(
-                    out.subject, out.body, timeout=timeout, headers=out.headers
-                )
-            except NoRespondersError:
-                console.print(f"[red]nobody serves {subject}[/] (is ordermesh running?)")
-                tracing.fail(span, "no_responders", subject)
-                return NO_ANSWER
-            except NatsTimeout:
-                console.print(f"[red]no reply on {subject} within {timeout:g} s[/]")
-                tracing.fail(span, "timeout", subject)
-                return NO_ANSWER
-            finally:
-                await nc.close()
-            code = show_reply(reply.data, as_json)
-            if code == REFUSED:
-                tracing.fail(span, "refused", subject)
-            return code
-    finally:
-        tracing.shutdown_tracing()
+async def _request(send: _Send, timeout: float) -> int:
+    subject = send.subject
+    async with _sending(send, "send") as (out, nc, span):
+        _describe(out, send.as_json)
+        try:
+            reply = await nc.request(out.subject, out.body, timeout=timeout, headers=out.headers)
+        except NoRespondersError:
+            console.print(f"[red]nobody serves {subject}[/] (is ordermesh running?)")
+            tracing.fail(span, "no_responders", subject)
+            return NO_ANSWER
+        except NatsTimeout:
+            console.print(f"[red]no reply on {subject} within {timeout:g} s[/]")
+            tracing.fail(span, "timeout", subject)
+            return NO_ANSWER
+        code = show_reply(reply.data, send.as_json)
+        if code == REFUSED:
+            tracing.fail(span, "refused", subject)
+        return code
 
 
 def show_reply(data: bytes, as_json: bool) -> int:

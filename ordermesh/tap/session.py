@@ -97,7 +97,6 @@ class Tap:
         self._done = asyncio.Event()
         self._requests: OrderedDict[str, Request] = OrderedDict()
         self._subs: list[Subscription] = []
-        self._replay_last = 0
         #: Set once every subscription is in place: from then on nothing is missed.
         self.ready = asyncio.Event()
 
@@ -152,7 +151,6 @@ class Tap:
         js = self._nc.jetstream()
         stream = stream_for(self.options.subjects)
         info = await js.stream_info(stream)
-        self._replay_last = info.state.last_seq
         sub = await js.subscribe(
             ALL_STORED,
             stream=stream,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer, free_port
-from ordermesh.app import SERVICES, App
+from ordermesh.app import App
 from ordermesh.demo import (
     DemoOptions,
     DemoUnavailable,
@@ -25,19 +24,8 @@ from ordermesh.demo import (
     order_id,
     run_demo,
 )
-from tests.conftest import FAST, eventually, request, settings_for
+from tests.conftest import eventually, request
 from tests.integration.test_processes import env_for, ordermesh
-
-
-@pytest.fixture
-async def services(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
-    """Every service, with the saga's short test timeouts (as ``saga_app`` in test_saga)."""
-    application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
-    await application.start()
-    try:
-        yield application
-    finally:
-        await application.stop()
 
 
 async def demo(server: EmbeddedNatsServer, tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -77,7 +65,7 @@ async def read_model_outcomes(nc: NATS, run: str, orders: int) -> Counter[str]:
 
 
 async def test_json_summary_matches_the_read_model_and_repeats_with_the_seed(
-    services: App, nc: NATS, nats_server: EmbeddedNatsServer, tmp_path: Path
+    saga_app: App, nc: NATS, nats_server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     args = ("--orders", "30", "--rate", "200", "--concurrency", "8", "--seed", "3")
     first = await demo_json(nats_server, tmp_path, *args)
@@ -99,7 +87,7 @@ async def test_json_summary_matches_the_read_model_and_repeats_with_the_seed(
 
 
 async def test_happy_mix_confirms_every_order(
-    services: App, nats_server: EmbeddedNatsServer, tmp_path: Path
+    saga_app: App, nats_server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     summary = await demo_json(
         nats_server, tmp_path, "--orders", "20", "--rate", "200", "--mix", "happy", "--seed", "5"
@@ -149,7 +137,7 @@ async def test_help_shows_an_example(tmp_path: Path) -> None:
 
 
 async def test_slow_cards_end_by_timeout_in_process(
-    services: App, nats_server: EmbeddedNatsServer
+    saga_app: App, nats_server: EmbeddedNatsServer
 ) -> None:
     options = DemoOptions(
         nats_url=nats_server.url, orders=12, rate=500, seed=2, mix=Mix.HAPPY, slow=True, wait=15

@@ -164,6 +164,9 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
         == failed + 1
     )
     assert value("ordermesh_saga_active", saga_type="order_fulfillment") == 0
+    # Unlabelled gauges read 0 until set: the relay's lag is set at each ack, and an event
+    # is always older than its ack.
+    assert value("ordermesh_relay_lag_seconds") > 0
     assert (
         value(
             "ordermesh_command_errors_total",

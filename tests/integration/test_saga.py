@@ -7,11 +7,9 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -24,16 +22,6 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 TERMINAL = {"confirmed", "cancelled"}
-
-
-@pytest.fixture
-async def saga_app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
-    application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
-    await application.start()
-    try:
-        yield application
-    finally:
-        await application.stop()
 
 
 async def create_product(nc: NATS, product_id: str, stock: int, price: str = "10.00") -> None:
