@@ -41,7 +41,10 @@ def now_iso() -> str:
 
 def decode_context(subject: str, headers: Mapping[str, str] | None) -> MessageContext:
     """Attributes of an incoming message; blanks become a new id, the subject's type, …"""
-    h = headers or {}
+    if not headers:  # a plain `nats req`: nothing to look up
+        message_id = new_id()
+        return MessageContext(message_id, type_from_subject(subject), "unknown", message_id)
+    h = headers
     message_id = h.get(H_ID) or new_id()
     return MessageContext(
         id=message_id,
@@ -82,7 +85,7 @@ def encode_context(ctx: MessageContext) -> dict[str, str]:
 def event_headers(event: RecordedEvent) -> dict[str, str]:
     """Headers of a stored event as the relay publishes it on ``events.<type>``."""
     meta = parse_metadata(event.metadata)
-    event_id = str(event.id)
+    event_id = event.id
     headers = {
         H_SPECVERSION: SPECVERSION,
         H_ID: event_id,

@@ -82,8 +82,10 @@ def recorded_from_msg(msg: Msg, *, context: bool = False) -> RecordedEvent:
     if context:
         meta = {key: h[header] for header, key in _CONTEXT_HEADERS if header in h}
         metadata = json.dumps(meta, separators=(",", ":")).encode()
+    event_id = h[ce.H_ID]
+    uuid.UUID(event_id)  # a malformed id makes the message poison, as a bad body does
     return RecordedEvent(
-        id=uuid.UUID(h[ce.H_ID]),
+        id=event_id,
         stream=h[ce.H_STREAM],
         revision=int(h[ce.H_REVISION]),
         position=int(h[ce.H_POSITION]),

@@ -4,18 +4,21 @@ The shape follows EventStoreDB (streams with per-stream revisions, one global
 position, optimistic concurrency on append, catch-up subscription to ``$all``) so
 that the EventStoreDB adapter stays a thin translation and the embedded SQLite
 adapter cannot grow features production would lack.
+
+The records below are slotted dataclasses that nothing mutates once made, but not
+``frozen``: a frozen dataclass sets each field through ``object.__setattr__``, which
+made building one about four times dearer, and one is built for every event.
 """
 
 from __future__ import annotations
 
 import enum
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from domain.ids import new_uuid
+from domain.ids import new_event_id
 
 
 class StreamState(enum.Enum):
@@ -30,21 +33,23 @@ ExpectedRevision = int | StreamState
 """An ``int`` is the revision of the stream's last event (0-based)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
     """An event about to be appended; ``data`` and ``metadata`` are JSON bytes."""
 
     type: str
     data: bytes
     metadata: bytes = b"{}"
-    id: uuid.UUID = field(default_factory=new_uuid)
+    id: str = field(default_factory=new_event_id)
+    """A UUID in its canonical text form (stores and headers carry it as text anyway);
+    new ones are time-ordered (version 7), which every store's id index prefers."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordedEvent:
     """An event as stored: its stream revision and its global position are fixed."""
 
-    id: uuid.UUID
+    id: str
     stream: str
     revision: int
     position: int
@@ -54,7 +59,7 @@ class RecordedEvent:
     recorded_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendResult:
     """Where the last appended event landed."""
 

@@ -1,19 +1,60 @@
-"""Identifiers. Random version-4 UUIDs drawn from ``random``, not ``os.urandom``.
+"""Identifiers: random version-4 UUIDs, and time-ordered version-7 UUIDs for events.
 
-Ids must be unique, not secret; ``uuid.uuid4()`` costs a system call each, and a
-command creates several. CPython reseeds ``random`` in a forked child, so forked
-workers do not repeat each other.
+Ids must be unique, not secret, so the random bits come from ``random``, not
+``os.urandom``: ``uuid.uuid4()`` costs a system call each, and a command creates
+several. CPython reseeds ``random`` in a forked child, so forked workers do not repeat
+each other.
 """
 
 from __future__ import annotations
 
 import random
+import time
 import uuid
+
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)  # version nibble 4, RFC 4122 variant bits 10
+_RANDOM_BITS = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_bits = random.getrandbits
+
+
+def _random_v4() -> int:
+    return (_bits(128) & _RANDOM_BITS) | _VERSION_4
 
 
 def new_uuid() -> uuid.UUID:
-    return uuid.UUID(int=random.getrandbits(128), version=4)
+    return uuid.UUID(int=_random_v4())
 
 
 def new_id() -> str:
-    return str(new_uuid())
+    """A version-4 UUID in its canonical text form, formatted directly: the message id of
+    every command without one, where building a ``UUID`` first costs twice as much."""
+    h = f"{_random_v4():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_VERSION_7 = (0x7 << 76) | (0x2 << 62)
+_last_ms = 0
+_sequence = 0
+
+
+def new_event_id() -> str:
+    """A version-7 UUID (RFC 9562): 48 bits of Unix milliseconds, then a counter, then
+    62 random bits, so ids made later sort later.
+
+    Every store indexes event ids for uniqueness. Random ids land all over that index,
+    and inserting one into the SQLite store cost about twice as much as inserting an id
+    that sorts last (measured with 100 000 events). Within one millisecond a 12-bit
+    counter keeps this process's ids in order (RFC 9562, method 1); past 4096 in one
+    millisecond the clock part moves on a millisecond early.
+    """
+    global _last_ms, _sequence
+    ms = time.time_ns() // 1_000_000
+    if ms > _last_ms:
+        _last_ms, _sequence = ms, 0
+    else:
+        _sequence += 1
+        if _sequence > 0xFFF:
+            _last_ms, _sequence = _last_ms + 1, 0
+    n = (_last_ms << 80) | (_sequence << 64) | _bits(62) | _VERSION_7
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -79,7 +79,7 @@ def is_system_event(event: KdbRecordedEvent) -> bool:
 def to_recorded_event(event: KdbRecordedEvent) -> RecordedEvent:
     """Convert; ``recorded_at`` is missing only if the server omitted its ``created`` stamp."""
     return RecordedEvent(
-        id=event.id,
+        id=str(event.id),
         stream=event.stream_name,
         revision=event.stream_position,
         position=event.commit_position,
@@ -133,7 +133,7 @@ class KurrentDBEventStore:
                 type=event.type,
                 data=event.data,
                 metadata=event.metadata,
-                id=event.id,
+                id=UUID(event.id),
                 content_type="application/json",
             )
             for event in events
@@ -162,13 +162,13 @@ class KurrentDBEventStore:
             revision = await self._revision_of(stream, events[-1].id, position)
         return AppendResult(revision=revision, position=position)
 
-    async def _revision_of(self, stream: str, event_id: UUID, position: int) -> int:
+    async def _revision_of(self, stream: str, event_id: str, position: int) -> int:
         """Find the revision of an event known to be stored near the end of ``stream``."""
         try:
             source = await self._client.read_stream(stream, backwards=True)
             try:
                 async for event in source:
-                    if event.id == event_id:
+                    if str(event.id) == event_id:
                         return event.stream_position
             finally:
                 await source.stop()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +54,8 @@ _COLUMNS = "event_id, stream, revision, position, type, data, metadata, recorded
 #: made through this instance wake subscribers at once.
 DEFAULT_POLL_INTERVAL = 0.05
 _SUBSCRIBE_BATCH = 500
+#: Rows per multi-row INSERT: SQLite caps a VALUES list at 500 rows.
+_INSERT_ROWS = 100
 
 
 def sqlite_path_from_url(url: str) -> Path:
@@ -67,7 +69,7 @@ def sqlite_path_from_url(url: str) -> Path:
 def _row_to_event(row: tuple[str, str, int, int, str, str, str, str]) -> RecordedEvent:
     event_id, stream, revision, position, type_, data, metadata, recorded_at = row
     return RecordedEvent(
-        id=uuid.UUID(event_id),
+        id=event_id,
         stream=stream,
         revision=revision,
         position=position,
@@ -128,16 +130,17 @@ class SQLiteEventStore:
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
-        batch = list(events)
         with timed("append"):
             result: AppendResult = await self._submit(
-                lambda db: _append(db, stream, batch, expected_revision), writes=True
+                None, append=_Append(stream, list(events), expected_revision)
             )
         return result
 
-    async def _submit(self, run: Callable[[sqlite3.Connection], Any], *, writes: bool) -> Any:
+    async def _submit(
+        self, run: Callable[[sqlite3.Connection], Any] | None, *, append: _Append | None = None
+    ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(run, writes, future))
+        self._queue.append(_Job(run, append, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -168,7 +171,7 @@ class SQLiteEventStore:
                         job.future.set_exception(outcome)
                     else:
                         job.future.set_result(outcome)
-                if any(job.writes for job in group):
+                if any(job.append is not None for job in group):
                     self._wake_subscribers()
         finally:
             self._flusher = None
@@ -182,8 +185,7 @@ class SQLiteEventStore:
                     f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND revision >= ?"
                     " ORDER BY revision",
                     (stream, from_revision),
-                ).fetchall(),
-                writes=False,
+                ).fetchall()
             )
         return [_row_to_event(r) for r in rows]
 
@@ -225,26 +227,44 @@ class SQLiteEventStore:
 
 
 @dataclass(slots=True)
+class _Append:
+    stream: str
+    events: list[NewEvent]
+    expected: ExpectedRevision
+
+
+@dataclass(slots=True)
 class _Job:
-    run: Callable[[sqlite3.Connection], Any]
-    writes: bool
+    """An append (``append``) or any other statement (``run``), and who awaits it."""
+
+    run: Callable[[sqlite3.Connection], Any] | None
+    append: _Append | None
     future: asyncio.Future[Any]
 
 
 def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
-    """Run a group in the worker thread; an append's conflict is its outcome, not an abort."""
-    writes = any(job.writes for job in group)
+    """Run a group in the worker thread, in order; an append's conflict is its outcome.
+
+    Consecutive appends are written together: one query reads every stream's revision,
+    one INSERT writes every accepted event. Each statement lets go of the GIL while
+    SQLite works and must take it back afterwards, and the event loop holds it most of
+    the time: with a statement or two per append, the worker spent more time waiting
+    for the GIL than writing. A read queued after an append still sees it.
+    """
+    writes = any(job.append is not None for job in group)
     if writes:
         db.execute("BEGIN IMMEDIATE")
-    outcomes: list[Any] = []
+    outcomes: list[Any] = [None] * len(group)
+    appends: list[int] = []
     try:
-        for job in group:
-            try:
-                outcomes.append(job.run(db))
-            except (WrongExpectedRevision, sqlite3.IntegrityError) as exc:
-                # Nothing of this job was written: the check comes first, and an append
-                # is one INSERT statement, which SQLite applies whole or not at all.
-                outcomes.append(exc)
+        for i, job in enumerate(group):
+            if job.append is not None:
+                appends.append(i)
+                continue
+            _write_appends(db, group, appends, outcomes)
+            assert job.run is not None
+            outcomes[i] = job.run(db)
+        _write_appends(db, group, appends, outcomes)
     except BaseException:
         if writes:
             db.execute("ROLLBACK")
@@ -254,27 +274,107 @@ def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
     return outcomes
 
 
-def _append(
-    db: sqlite3.Connection, stream: str, events: list[NewEvent], expected: ExpectedRevision
-) -> AppendResult:
-    (current,) = db.execute(
-        "SELECT MAX(revision) FROM events WHERE stream = ?", (stream,)
-    ).fetchone()
-    _check_expected(stream, expected, current)
+def _write_appends(
+    db: sqlite3.Connection, group: list[_Job], indexes: list[int], outcomes: list[Any]
+) -> None:
+    """Check and write the appends ``group[i] for i in indexes``; empties ``indexes``."""
+    if not indexes:
+        return
+    appends = [a for i in indexes if (a := group[i].append) is not None]
+    revisions = _current_revisions(db, {a.stream for a in appends})
     recorded_at = datetime.now(UTC).isoformat()
-    first = 0 if current is None else current + 1
-    values: list[object] = []
-    for i, e in enumerate(events):
-        values += (str(e.id), stream, first + i, e.type, e.data.decode(), e.metadata.decode())
-        values.append(recorded_at)
-    # One statement for all the events: atomic without a savepoint.
+    accepted: list[tuple[int, _Append, int]] = []  # (index, append, first revision)
+    for i, append in zip(indexes, appends, strict=True):
+        current = revisions.get(append.stream)
+        try:
+            _check_expected(append.stream, append.expected, current)
+        except WrongExpectedRevision as exc:
+            outcomes[i] = exc
+            continue
+        first = 0 if current is None else current + 1
+        revisions[append.stream] = first + len(append.events) - 1
+        accepted.append((i, append, first))
+    indexes.clear()
+    if not accepted:
+        return
+    rows = [
+        (e.id, append.stream, first + n, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
+        for _, append, first in accepted
+        for n, e in enumerate(append.events)
+    ]
+    try:
+        last = _insert(db, rows)
+    except sqlite3.IntegrityError:
+        # An event id already stored (a resend with the same ids): the statement wrote
+        # nothing. Write append by append, so only the offending append fails.
+        for i, append, first in accepted:
+            outcomes[i] = _append_alone(db, append, first, recorded_at)
+        return
+    # One INSERT gives its rows consecutive positions, in order (an AUTOINCREMENT key,
+    # inside a transaction nobody else can write in): count back from the last.
+    position = last - len(rows)
+    for i, append, first in accepted:
+        position += len(append.events)
+        outcomes[i] = AppendResult(revision=first + len(append.events) - 1, position=position)
+
+
+def _current_revisions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:
+    """Each stream's last revision (streams without events are left out), in one row: a
+    row per stream would take the GIL back once per stream. One ``MAX`` per stream, so
+    that each is a single step down the ``(stream, revision)`` index; ``GROUP BY`` over
+    ``IN (…)`` read every revision of every stream instead."""
+    (doc,) = db.execute(
+        "SELECT json_group_object(s.value,"
+        " (SELECT MAX(revision) FROM events WHERE stream = s.value)) FROM json_each(?) AS s",
+        (json.dumps(list(streams)),),
+    ).fetchone()
+    return {
+        stream: revision for stream, revision in json.loads(doc).items() if revision is not None
+    }
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> int:
+    """Insert rows, all or none; the position of the last one.
+
+    One statement is applied whole or not at all. More rows than one statement takes
+    are written under a savepoint, rolled back if any statement fails.
+    """
+    if len(rows) <= _INSERT_ROWS:
+        return _insert_statement(db, rows)
+    db.execute("SAVEPOINT ordermesh_insert")
+    try:
+        for start in range(0, len(rows), _INSERT_ROWS):
+            last = _insert_statement(db, rows[start : start + _INSERT_ROWS])
+    except BaseException:
+        db.execute("ROLLBACK TO ordermesh_insert")
+        db.execute("RELEASE ordermesh_insert")
+        raise
+    db.execute("RELEASE ordermesh_insert")
+    return last
+
+
+def _insert_statement(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> int:
     cursor = db.execute(
         "INSERT INTO events (event_id, stream, revision, type, data, metadata, recorded_at)"
-        " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(events)),
-        values,
+        " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+        [value for row in rows for value in row],
     )
     assert cursor.lastrowid is not None
-    return AppendResult(revision=first + len(events) - 1, position=cursor.lastrowid)
+    return cursor.lastrowid
+
+
+def _append_alone(
+    db: sqlite3.Connection, append: _Append, first: int, recorded_at: str
+) -> AppendResult | sqlite3.IntegrityError:
+    rows = [
+        (e.id, append.stream, first + n, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
+        for n, e in enumerate(append.events)
+    ]
+    try:
+        last = _insert(db, rows)
+    except sqlite3.IntegrityError as exc:
+        return exc
+    return AppendResult(revision=first + len(rows) - 1, position=last)
 
 
 def _check_expected(stream: str, expected: ExpectedRevision, current: int | None) -> None:

@@ -62,7 +62,7 @@ def test_event_headers() -> None:
         },
     )
     event = RecordedEvent(
-        id=uuid.uuid4(),
+        id=str(uuid.uuid4()),
         stream="order-o-1",
         revision=3,
         position=42,
@@ -87,7 +87,7 @@ def test_event_headers() -> None:
 
 def test_foreign_metadata_does_not_break_headers() -> None:
     event = RecordedEvent(
-        id=uuid.uuid4(),
+        id=str(uuid.uuid4()),
         stream="x",
         revision=0,
         position=1,

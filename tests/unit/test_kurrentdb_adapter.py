@@ -159,7 +159,7 @@ def test_recorded_event_translation() -> None:
     source = _kdb_event(recorded_at=stamp)
     event = to_recorded_event(source)
     assert (event.id, event.stream, event.revision, event.position) == (
-        source.id,
+        str(source.id),
         "order-1",
         3,
         12345,

@@ -22,7 +22,7 @@ def db() -> sqlite3.Connection:
 
 def rec(position: int, event: Event | None = None, type_: str | None = None) -> RecordedEvent:
     return RecordedEvent(
-        id=uuid.uuid4(),
+        id=str(uuid.uuid4()),
         stream="product-p",
         revision=position - 1,
         position=position,

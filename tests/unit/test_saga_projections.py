@@ -70,7 +70,7 @@ class Feed:
             self.position += 1
             batch.append(
                 RecordedEvent(
-                    id=uuid.uuid4(),
+                    id=str(uuid.uuid4()),
                     stream=f"{event.AGGREGATE}-{event.aggregate_id()}",
                     revision=0,
                     position=self.position,

@@ -18,7 +18,7 @@ async def test_a_failing_append_in_a_group_writes_nothing_and_fails_alone(
 ) -> None:
     store = await SQLiteEventStore.open(tmp_path / "e.db")
     try:
-        taken = uuid.uuid4()
+        taken = str(uuid.uuid4())
         await store.append("a", [NewEvent("t", b"{}", id=taken)], StreamState.NO_STREAM)
         duplicate_id = [NewEvent("t", b"{}"), NewEvent("t", b"{}", id=taken)]
         results = await asyncio.gather(
