@@ -194,7 +194,7 @@ class RequestService:
                 f"no {self.name} handles {msg.subject!r}",
                 {"subject": msg.subject, "known": sorted(self._routes)},
             )
-        raw = msg.data if msg.data.strip() else b"{}"
+        raw = b"{}" if not msg.data or msg.data.isspace() else msg.data
         try:
             body = route.model.model_validate_json(raw)
         except ValidationError as exc:

@@ -38,7 +38,7 @@ def to_money(value: Any) -> Decimal:
 
 
 def format_money(amount: Decimal) -> str:
-    return f"{amount.quantize(CENT)}"
+    return str(amount.quantize(CENT))
 
 
 Money = Annotated[

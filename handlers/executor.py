@@ -14,10 +14,12 @@ is answered from the state they produced: the first result, not a new one.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
-import weakref
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -62,7 +64,7 @@ class ConcurrencyConflict(CodedError):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What a command did: its reply data and whether it was a resend."""
 
@@ -79,6 +81,8 @@ class _Snapshot:
     revision: int = -1
     caused: dict[str, int] = field(default_factory=dict)
     """Command id → revision of the last event it caused: the idempotency record."""
+    checked: float = -math.inf
+    """When the store last confirmed this state (a read or our own append), monotonic."""
 
     def fold(self, recorded: RecordedEvent) -> None:
         self.state.apply(decode_event(recorded.type, recorded.data))
@@ -86,6 +90,17 @@ class _Snapshot:
         cause = parse_metadata(recorded.metadata).get("causation_id")
         if isinstance(cause, str):
             self.caused[cause] = recorded.revision
+
+
+class _Turn:
+    """The lock of one stream, dropped when nobody holds or waits for it, so the map
+    stays as small as the number of streams in use right now."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class CommandExecutor:
@@ -118,14 +133,28 @@ class CommandExecutor:
         self._cache: OrderedDict[str, _Snapshot] = OrderedDict()
         # Commands on one stream within this process queue up instead of racing:
         # conflicts are then left to other processes, where retries are cheap.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._turns: dict[str, _Turn] = {}
 
-    def _lock(self, stream: str) -> asyncio.Lock:
-        lock = self._locks.get(stream)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[stream] = lock
-        return lock
+    def _enter(self, stream: str) -> _Turn:
+        turn = self._turns.get(stream)
+        if turn is None:
+            turn = self._turns[stream] = _Turn()
+        turn.users += 1
+        return turn
+
+    def _leave(self, stream: str, turn: _Turn) -> None:
+        turn.users -= 1
+        if not turn.users:
+            del self._turns[stream]
+
+    @asynccontextmanager
+    async def _lock(self, stream: str) -> AsyncIterator[None]:
+        turn = self._enter(stream)
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            self._leave(stream, turn)
 
     def _cached(self, stream: str) -> _Snapshot | None:
         snap = self._cache.get(stream)
@@ -143,6 +172,7 @@ class CommandExecutor:
         """Fold the events stored after the snapshot's revision (all of them when new)."""
         for recorded in await self.store.read_stream(stream, from_revision=snap.revision + 1):
             snap.fold(recorded)
+        snap.checked = time.monotonic()
         self._remember(stream, snap)
         return snap
 
@@ -151,8 +181,17 @@ class CommandExecutor:
         its cached state can no longer be trusted."""
         self._cache.pop(stream, None)
 
-    async def load(self, stream: str, new_state: Callable[[], A]) -> A:
-        """The current state of a stream for a read-only use, such as pricing an order."""
+    async def load(self, stream: str, new_state: Callable[[], A], *, max_age: float = 0.0) -> A:
+        """The state of a stream for a read-only use, such as pricing an order.
+
+        With ``max_age`` a cached state the store confirmed at most that many seconds ago
+        (by a read, or by an append from this process) is used without asking the store
+        again: another process's change may then be seen up to ``max_age`` late.
+        """
+        snap = self._cached(stream)
+        if snap is not None and time.monotonic() - snap.checked <= max_age:
+            cached: A = snap.state
+            return cached
         async with self._lock(stream):
             snap = self._cached(stream) or _Snapshot(new_state())
             state: A = (await self._refresh(stream, snap)).state
@@ -166,15 +205,19 @@ class CommandExecutor:
         result: Callable[[A], dict[str, Any]],
         ctx: MessageContext,
     ) -> Outcome:
-        async with self._lock(stream):
-            try:
+        # The lock inline, not ``self._lock``: this runs once per command.
+        turn = self._enter(stream)
+        try:
+            async with turn.lock:
                 return await self._execute(stream, new_state, decide, result, ctx)
-            except CodedError:
-                raise  # a refusal wrote nothing: the cached state is still right
-            except BaseException:
-                # A failed append may still have been written (a timeout): forget the cache.
-                self.forget(stream)
-                raise
+        except CodedError:
+            raise  # a refusal wrote nothing: the cached state is still right
+        except BaseException:
+            # A failed append may still have been written (a timeout): forget the cache.
+            self.forget(stream)
+            raise
+        finally:
+            self._leave(stream, turn)
 
     async def _execute(
         self,
@@ -185,10 +228,16 @@ class CommandExecutor:
         ctx: MessageContext,
     ) -> Outcome:
         snap = self._cached(stream)
-        fresh = snap is None
+        # Not cached: decide on a new, empty state without reading. A command that makes a
+        # stream (the usual case here: a new order) then costs one append; if the stream
+        # exists after all, the append expecting none fails and we read it, as after any
+        # conflict, and a refusal or a no-op is checked against a read before it stands.
+        blind = snap is None
         if snap is None:
-            snap = await self._refresh(stream, _Snapshot(new_state()))
-        for attempt in range(self.max_attempts):
+            snap = _Snapshot(new_state())
+        fresh = False
+        # The blind guess is not one of the attempts: a stream that exists still gets them all.
+        for attempt in range(self.max_attempts + blind):
             if ctx.id in snap.caused:
                 data = await self._result_at(stream, snap, snap.caused[ctx.id], new_state, result)
                 return Outcome(data, [], duplicate=True)
@@ -208,14 +257,16 @@ class CommandExecutor:
             try:
                 appended = await self._append(stream, events, expected, ctx)
             except WrongExpectedRevision:
-                self.conflicts += 1
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                if snap.checked != -math.inf:  # a real race, not a stream we never read
+                    self.conflicts += 1
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 snap, fresh = await self._refresh(stream, snap), True
                 continue
             for e in events:
                 snap.state.apply(e)
             snap.revision = appended.revision
             snap.caused[ctx.id] = appended.revision
+            snap.checked = time.monotonic()
             self._remember(stream, snap)
             return Outcome(result(snap.state), events)
         raise ConcurrencyConflict(stream, self.max_attempts)
@@ -225,19 +276,21 @@ class CommandExecutor:
     ) -> AppendResult:
         """Append under a span of its own; the stored metadata points at that span, so the
         relay's publish of each event continues the trace from here."""
-        with tracing.leaf(
-            "eventstore.append",
-            kind=SpanKind.CLIENT,
-            attributes={
+        attributes = (
+            {
                 "db.system.name": self.store_system,
                 "db.operation.name": "append",
                 "db.collection.name": stream,
-            },
-        ) as span:
+            }
+            if tracing.enabled()
+            else None
+        )
+        with tracing.leaf("eventstore.append", kind=SpanKind.CLIENT, attributes=attributes) as span:
             traceparent = tracing.traceparent_of(span) or ctx.traceparent
             metadata = event_metadata(ctx, self.source, traceparent=traceparent)
+            # The serializer itself: bytes at once, without model_dump_json's str and wrapper.
             batch = [
-                NewEvent(type=e.TYPE, data=e.model_dump_json().encode(), metadata=metadata)
+                NewEvent(e.TYPE, type(e).__pydantic_serializer__.to_json(e), metadata)
                 for e in events
             ]
             appended = await self.store.append(stream, batch, expected)

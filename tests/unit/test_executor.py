@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from broker.cloudevents import decode_context
-from domain.errors import ProductNotFound
+from domain.errors import ProductAlreadyExists, ProductNotFound
 from domain.event_store import AppendResult, ExpectedRevision, NewEvent, StreamState
 from domain.metadata import MessageContext
-from domain.product import ChangePrice, CreateProduct, Restock
+from domain.product import ChangePrice, CreateProduct, Product, Restock
 from handlers import CommandExecutor, ConcurrencyConflict
 from handlers import product as product_handlers
 from infra.eventstore.sqlite import SQLiteEventStore
@@ -176,3 +176,75 @@ async def test_a_forgotten_stream_is_read_again_from_the_store(tmp_path: Path) -
         assert len(await store.read_stream("product-p-1")) == 1
     finally:
         await store.close()
+
+
+class CountingStore:
+    """The real store, counting reads: what the executor asks for, not what it answers."""
+
+    def __init__(self, inner: SQLiteEventStore) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    async def read_stream(self, stream: str, from_revision: int = 0):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return await self.inner.read_stream(stream, from_revision)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+async def test_a_new_stream_costs_one_append_and_no_read(store: SQLiteEventStore) -> None:
+    counting = CountingStore(store)
+    ex = CommandExecutor(counting)  # type: ignore[arg-type]
+    await product_handlers.create(
+        ex,
+        CreateProduct(product_id="p", name="n", price="1.00", stock=1),  # type: ignore[arg-type]
+        ctx("c0"),
+    )
+    assert counting.reads == 0
+    assert len(await store.read_stream("product-p")) == 1
+
+
+async def test_an_existing_stream_not_in_the_cache_is_read_before_answering(
+    store: SQLiteEventStore,
+) -> None:
+    a, _ = await two_executors(store)  # product "p" exists, with stock 10
+    cold = CountingStore(store)
+    b = CommandExecutor(cold, max_attempts=1)  # type: ignore[arg-type]
+    # The blind guess (no product) refuses; the refusal is checked against a read, and the
+    # one attempt allowed is still there for the real decision.
+    reply = await product_handlers.restock(b, Restock(product_id="p", quantity=2), ctx("b1"))
+    assert reply.data["stock"] == 12 and cold.reads == 1 and b.conflicts == 0
+    # A create of an existing product: the blind append expecting no stream fails, the
+    # stream is read, and the refusal stands on what is stored; nothing is written.
+    with pytest.raises(ProductAlreadyExists):
+        await product_handlers.create(
+            CommandExecutor(store),
+            CreateProduct(product_id="p", name="other", price="9.00", stock=0),  # type: ignore[arg-type]
+            ctx("b2"),
+        )
+    assert len(await store.read_stream("product-p")) == 2
+    assert a.conflicts == 0
+
+
+async def test_a_recent_state_is_trusted_for_reads_only_within_max_age(
+    store: SQLiteEventStore,
+) -> None:
+    counting = CountingStore(store)
+    a = CommandExecutor(counting)  # type: ignore[arg-type]
+    b = CommandExecutor(store)
+    await product_handlers.create(
+        a,
+        CreateProduct(product_id="p", name="n", price="1.00", stock=1),  # type: ignore[arg-type]
+        ctx("c0"),
+    )
+    await product_handlers.change_price(b, ChangePrice(product_id="p", price="2.00"), ctx("b1"))  # type: ignore[arg-type]
+    # Confirmed by a's own append a moment ago: used as it is, without a read.
+    cached = await a.load("product-p", lambda: Product("p"), max_age=60)
+    assert cached.price == Decimal("1.00") and counting.reads == 0
+    # No age allowed: read, and see b's change.
+    current = await a.load("product-p", lambda: Product("p"))
+    assert current.price == Decimal("2.00") and counting.reads == 1
+    # An unknown stream is always read, whatever the age allowed.
+    missing = await a.load("product-q", lambda: Product("q"), max_age=60)
+    assert not missing.exists and counting.reads == 2
