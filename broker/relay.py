@@ -25,6 +25,7 @@ from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import Span, SpanKind
 
+from broker.acked_publisher import AckedPublisher
 from broker.cloudevents import (
     H_CORRELATION,
     H_POSITION,
@@ -55,6 +56,7 @@ class Relay:
         window: int = DEFAULT_WINDOW,
         on_acked: AckHook | None = None,
     ) -> None:
+        self._nc = nc
         self._js = nc.jetstream()
         self._store = store
         self._window = window
@@ -156,13 +158,16 @@ class Relay:
             except Exception as exc:
                 failed.set_exception(exc)
 
+        publisher = AckedPublisher(self._nc)
+
         async def publish() -> None:
+            await publisher.start()
             async for event in self._store.subscribe_all(after):
                 await slots.acquire()
                 subject = event_subject(event.type)
                 headers = event_headers(event)
                 span = self._publish_span(event, subject, headers) if tracing.enabled() else None
-                future = await self._js.publish_async(subject, event.data, headers=headers)
+                future = await publisher.publish(subject, event.data, headers)
                 progress.outstanding += 1
                 future.add_done_callback(functools.partial(acked, event, span))
 
@@ -182,6 +187,7 @@ class Relay:
         finally:
             for task in tasks:
                 await cancel_and_wait(task)
+            await publisher.stop()
 
 
 @dataclass
