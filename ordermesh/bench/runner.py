@@ -18,7 +18,7 @@ from rich.table import Table
 
 from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer, nats_server_binary
-from ordermesh import __version__
+from ordermesh import __version__, runtime
 from ordermesh.app import SERVICES, App
 from ordermesh.bench import raw, system
 from ordermesh.bench.measure import Result
@@ -37,6 +37,7 @@ class Plan:
     relay_events: int
     memory_orders: int
     saga_orders: int
+    rounds: int
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
@@ -47,6 +48,7 @@ class Plan:
                 relay_events=2_000,
                 memory_orders=1_000,
                 saga_orders=200,
+                rounds=1,
             )
         return cls(
             duration=5.0,
@@ -54,6 +56,7 @@ class Plan:
             relay_events=20_000,
             memory_orders=10_000,
             saga_orders=3_000,
+            rounds=3,
         )
 
 
@@ -85,16 +88,27 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 ("command",),
             )
             await app.start()
+            runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
             client = await connect(server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
                 for command in ("product.restock", "order.place"):
-                    for c in (1, 64):
-                        done(
-                            await system.command_rate(
-                                client, command, products, concurrency=c, duration=plan.duration
-                            )
+                    done(
+                        await system.command_rate(
+                            client, command, products, concurrency=1, duration=plan.duration
                         )
+                    )
+                    done(
+                        await system.command_vs_raw(
+                            server.url,
+                            client,
+                            command,
+                            products,
+                            concurrency=64,
+                            duration=plan.duration,
+                            rounds=plan.rounds,
+                        )
+                    )
                 for r in await system.tracing_cost(
                     client, products, concurrency=64, duration=plan.duration
                 ):
@@ -107,6 +121,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             core = tuple(s for s in SERVICES if s != "saga")
             app = App(Settings(nats_url=server.url, data_dir=root / "data", metrics_port=0), core)
             await app.start()
+            runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
             client = await connect(server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
@@ -135,6 +150,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 SERVICES,
             )
             await app.start()
+            runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
             client = await connect(saga_server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
@@ -148,6 +164,8 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
     done(await system.peak_rss_of_up(orders=plan.memory_orders))
     by_name = {r.name: r for r in results}
     for r in results:
+        if r.ratio is not None:  # measured against its own paired baseline rounds
+            continue
         if r.baseline is not None and r.baseline in by_name and by_name[r.baseline].value:
             r.ratio = r.value / by_name[r.baseline].value
     return results

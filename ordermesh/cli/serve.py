@@ -26,6 +26,7 @@ def _serve(application: App, on_ready: str | None = None) -> None:
         configure_tracing(application.service_name)
         try:
             await application.start()
+            runtime.tune_gc()
             try:
                 if on_ready == "banner":
                     _banner(application)

@@ -30,6 +30,12 @@ EXPECTED = {
     "relay.store_to_jetstream": "raw.jetstream_publish.w256",
     "memory.up_peak_rss_after_1000_orders": None,
 }
+#: Cases whose ratio comes from raw rounds measured right before each of their own.
+PAIRED = {
+    "command.product.restock.c64",
+    "command.order.place.c64",
+    "tracing.on.product.restock.c64",
+}
 
 
 @pytest.mark.timeout(300)
@@ -56,7 +62,14 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
         # "It ran", not a speed: the highest passing rate may honestly be 0 on a busy machine.
         assert case["value"] >= 0 if name.startswith("read_model.max") else case["value"] > 0
         assert case["baseline"] == baseline
-        if baseline is not None:
+        if name in PAIRED:
+            # Paired with raw rounds of its own: the ratio is the median pair.
+            pairs = sorted(case["pair_ratios"])
+            assert case["ratio"] == pytest.approx(pairs[len(pairs) // 2], rel=1e-2, abs=1e-3)
+            assert len(pairs) == len(case["rounds"])
+            if name.startswith("command."):
+                assert len(case["raw_rounds"]) == len(pairs)
+        elif baseline is not None:
             expected_ratio = case["value"] / cases[baseline]["value"]
             assert case["ratio"] == pytest.approx(expected_ratio, rel=1e-2, abs=1e-3)
     latency = cases["read_model.latency_at_200"]
