@@ -39,6 +39,33 @@ async def test_a_failing_append_in_a_group_writes_nothing_and_fails_alone(
         await store.close()
 
 
+async def test_a_group_reports_where_each_append_landed_and_reads_see_earlier_appends(
+    tmp_path: Path,
+) -> None:
+    """Appends written together by one multi-row INSERT (more rows than one statement takes,
+    too) still report each append's own last revision and position."""
+    store = await SQLiteEventStore.open(tmp_path / "e.db")
+    try:
+        await store.append("s0", [NewEvent("t", b"{}")], StreamState.NO_STREAM)
+        sizes = [1, 3, 150, 2, 1, 60]
+        calls = [
+            store.append(f"s{i}", [NewEvent("t", b"{}") for _ in range(n)], StreamState.ANY)
+            for i, n in enumerate(sizes)
+        ]
+        # Queued after the appends: answered in the same group, after them.
+        results = await asyncio.gather(*calls, store.read_stream("s2"), store.read_stream("s0"))
+        appended, read_s2, read_s0 = results[: len(sizes)], results[-2], results[-1]
+        assert len(read_s2) == 150 and len(read_s0) == 2
+        for i, result in enumerate(appended):
+            last = (await store.read_stream(f"s{i}"))[-1]
+            assert (result.revision, result.position) == (last.revision, last.position)
+        assert appended[0].revision == 1  # after the event appended before the group
+        positions = [e.position for e in await store.read_all(0, limit=1000)]
+        assert positions == list(range(1, 1 + 1 + sum(sizes)))
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "path"),
     [("sqlite:///tmp/x/e.db", "/tmp/x/e.db"), ("sqlite:///tmp/e.db?synchronous=full", "/tmp/e.db")],
