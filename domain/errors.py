@@ -57,6 +57,12 @@ class InsufficientStock(DomainError):
     code = "insufficient_stock"
 
 
+class AmountTooLarge(DomainError):
+    """A total past what money may be (``domain.money.MAX_AMOUNT``)."""
+
+    code = "amount_too_large"
+
+
 class PaymentDeclined(DomainError):
     code = "payment_declined"
 

@@ -64,6 +64,12 @@ CASES: list[tuple[str, str, Any, str]] = [
         order(items=[{"product_id": "nope", "quantity": 1}]),
         "product_not_found",
     ),
+    (
+        "total past the money limit",
+        "commands.order.place",
+        order(items=[{"product_id": "p-1", "quantity": 1_000_000}] * 100),
+        "amount_too_large",
+    ),
     ("unknown command", "commands.order.teleport", order(), "unknown_command"),
     (
         "price as float",

@@ -139,3 +139,24 @@ def test_order_cancel_and_confirm_rules() -> None:
     with pytest.raises(InvalidState):
         order.cancel("too late")
     assert CancelOrder(order_id="o-1").reason == "cancelled by customer"
+
+
+def test_a_placed_order_is_the_event_validation_would_have_built() -> None:
+    """Placing builds its event without validating again: it must equal, field for field
+    and on the wire, the event read back from its own JSON."""
+    from domain import order as o
+    from domain import product as p
+
+    widget = p.Product("p-1")
+    widget.apply(
+        p.ProductCreated(product_id="p-1", name="W", price=Decimal("12.50"), stock=5)  # type: ignore[arg-type]
+    )
+    cmd = o.PlaceOrder.model_validate_json(
+        b'{"order_id":"o-1","customer_id":"c","items":[{"product_id":"p-1","quantity":3}],'
+        b'"shipping_address":{"name":"A","street":"B","city":"C","postal_code":"1","country":"NL"}}'
+    )
+    (placed,) = o.Order("o-1").place(cmd, {"p-1": widget})
+    again = o.OrderPlaced.model_validate_json(placed.model_dump_json())
+    assert again == placed
+    assert again.model_dump_json() == placed.model_dump_json()
+    assert placed.model_dump(mode="json")["total"] == "37.50"
