@@ -40,11 +40,9 @@ class RequestError(CodedError):
         self.code = code
 
 
-# pydantic-core's encoder: about six times faster than ``json.dumps`` on a reply, which is
-# written once per request. Anything it cannot encode is written as its ``str``.
-
-
 def ok(data: Any) -> bytes:
+    """Encoded by pydantic-core: about six times faster than ``json.dumps`` on a reply,
+    which every request writes. Anything it cannot encode is written as its ``str``."""
     return to_json({"ok": True, "data": data}, fallback=str)
 
 

@@ -21,15 +21,20 @@ def _random_v4() -> int:
     return (_bits(128) & _RANDOM_BITS) | _VERSION_4
 
 
+def _canonical(n: int) -> str:
+    """``str(uuid.UUID(int=n))``, without building the ``UUID``: half the cost."""
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_uuid() -> uuid.UUID:
     return uuid.UUID(int=_random_v4())
 
 
 def new_id() -> str:
-    """A version-4 UUID in its canonical text form, formatted directly: the message id of
-    every command without one, where building a ``UUID`` first costs twice as much."""
-    h = f"{_random_v4():032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A version-4 UUID in its canonical text form: the message id of every command
+    that comes without one."""
+    return _canonical(_random_v4())
 
 
 _VERSION_7 = (0x7 << 76) | (0x2 << 62)
@@ -55,6 +60,4 @@ def new_event_id() -> str:
         _sequence += 1
         if _sequence > 0xFFF:
             _last_ms, _sequence = _last_ms + 1, 0
-    n = (_last_ms << 80) | (_sequence << 64) | _bits(62) | _VERSION_7
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _canonical((_last_ms << 80) | (_sequence << 64) | _bits(62) | _VERSION_7)

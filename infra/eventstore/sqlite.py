@@ -297,11 +297,7 @@ def _write_appends(
     indexes.clear()
     if not accepted:
         return
-    rows = [
-        (e.id, append.stream, first + n, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
-        for _, append, first in accepted
-        for n, e in enumerate(append.events)
-    ]
+    rows = [row for _, append, first in accepted for row in _rows(append, first, recorded_at)]
     try:
         last = _insert(db, rows)
     except sqlite3.IntegrityError:
@@ -316,6 +312,14 @@ def _write_appends(
     for i, append, first in accepted:
         position += len(append.events)
         outcomes[i] = AppendResult(revision=first + len(append.events) - 1, position=position)
+
+
+def _rows(append: _Append, first: int, recorded_at: str) -> list[tuple[object, ...]]:
+    """The ``events`` rows of an append whose first event takes revision ``first``."""
+    return [
+        (e.id, append.stream, first + n, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
+        for n, e in enumerate(append.events)
+    ]
 
 
 def _current_revisions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:
@@ -366,10 +370,7 @@ def _insert_statement(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
 def _append_alone(
     db: sqlite3.Connection, append: _Append, first: int, recorded_at: str
 ) -> AppendResult | sqlite3.IntegrityError:
-    rows = [
-        (e.id, append.stream, first + n, e.type, e.data.decode(), e.metadata.decode(), recorded_at)
-        for n, e in enumerate(append.events)
-    ]
+    rows = _rows(append, first, recorded_at)
     try:
         last = _insert(db, rows)
     except sqlite3.IntegrityError as exc:

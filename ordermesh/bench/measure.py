@@ -82,6 +82,17 @@ async def closed_loop(
     return done, time.perf_counter() - start
 
 
+def middle(values: list[float]) -> float:
+    """The median of an odd number of values (of an even number, the upper middle one):
+    rounds are repeated three times, and the median is a value some round measured."""
+    return sorted(values)[len(values) // 2]
+
+
+def middle_result(results: list[Result]) -> Result:
+    """The result whose value is :func:`middle` of theirs."""
+    return sorted(results, key=lambda r: r.value)[len(results) // 2]
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:

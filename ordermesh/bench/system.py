@@ -28,7 +28,13 @@ from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import free_port
 from ordermesh.app import App
 from ordermesh.bench import raw
-from ordermesh.bench.measure import Result, closed_loop, latency_summary
+from ordermesh.bench.measure import (
+    Result,
+    closed_loop,
+    latency_summary,
+    middle,
+    middle_result,
+)
 from ordermesh.tap.message import Tapped
 from ordermesh.tap.render import json_line
 from ordermesh.tap.session import Tap, TapOptions
@@ -124,9 +130,8 @@ async def command_vs_raw(
             nc, command, products, concurrency=concurrency, duration=duration
         )
         pairs.append((baseline, measured))
-    ratios = sorted(m.value / b.value for b, m in pairs)
-    result = sorted((m for _, m in pairs), key=lambda r: r.value)[len(pairs) // 2]
-    result.ratio = ratios[len(ratios) // 2]
+    result = middle_result([m for _, m in pairs])
+    result.ratio = middle([m.value / b.value for b, m in pairs])
     result.extra |= {
         "rounds": [round(m.value, 1) for _, m in pairs],
         "raw_rounds": [round(b.value, 1) for b, _ in pairs],
@@ -408,7 +413,7 @@ async def tracing_cost(
     def median(
         results: list[Result], name: str, baseline: str | None, target: float | None
     ) -> Result:
-        best = sorted(results, key=lambda r: r.value)[len(results) // 2]
+        best = middle_result(results)
         return Result(
             name,
             "tracing",
@@ -427,7 +432,7 @@ async def tracing_cost(
     pairs = [t.value / o.value for t, o in zip(on, off, strict=True)]
     traced.extra["pair_ratios"] = [round(r, 3) for r in pairs]
     # The median pair, as for the commands at 64 in flight: drift stays in its pair.
-    traced.ratio = sorted(pairs)[len(pairs) // 2]
+    traced.ratio = middle(pairs)
     return [median(off, off_name, None, None), traced]
 
 

@@ -61,6 +61,20 @@ async def test_an_encoded_block_reads_back_like_nats_py_own(nc: NATS) -> None:
     assert ours.headers["baggage"] == "k=v"
 
 
+async def test_without_the_internals_the_public_publish_carries_the_same_headers(
+    nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got, all_in = await _received(nc, "wire.test", 2)
+    await wire.publish_encoded(nc, "wire.test", b"fast", HEADERS)
+    monkeypatch.setattr(wire, "FAST_PATH", False)
+    await wire.publish_encoded(nc, "wire.test", b"public", HEADERS)
+    async with asyncio.timeout(5):
+        await all_in
+    fast, public = got
+    assert (fast.data, public.data) == (b"fast", b"public")
+    assert fast.headers == public.headers == HEADERS
+
+
 async def test_bad_keys_and_oversized_payloads_are_refused(nc: NATS) -> None:
     with pytest.raises(errors.BadHeaderError):
         await wire.publish_encoded(nc, "wire.test", b"", {"bad key": "v"})
