@@ -1,23 +1,23 @@
 """Feeds the projections of one read-model database from ``EVENTS``, through one
-ordered consumer.
+pull consumer.
 
-One subscription for all of them: every message is parsed once (header parsing is
-the costliest part of receiving an event in nats-py) and each batch is applied to
-every projection in one transaction, one thread hop.
+One feed for all of them: every message is parsed once (header parsing is the costliest
+part of receiving an event in nats-py) and each batch is applied to every projection in
+one transaction, one thread hop.
 
-The position in ``EVENTS`` lives with the read model, not in a durable consumer:
-each batch is applied in one read-model transaction together with its checkpoint
-(store position and stream sequence), and after a crash or restart the feeder
-resubscribes right after the checkpointed sequence. A durable consumer with acks
-would redeliver unacknowledged messages *after* newer ones, and a position-based
-checkpoint would then skip them; an ordered consumer delivers strictly in stream
-order and resets itself on any gap, so every event is applied once, in order.
+The position in ``EVENTS`` lives with the read model, not in a durable consumer: each
+batch is applied in one read-model transaction together with its checkpoint (store
+position and stream sequence), and after a crash, a restart or a lost consumer the feed is
+reopened right after the checkpointed sequence. A durable consumer with acks would
+redeliver unacknowledged messages *after* newer ones, and a position-based checkpoint would
+then skip them; an unacknowledged pull consumer delivers strictly in stream order, and
+holds no more than the feed's window in this process however far the projector falls
+behind (``broker.pull_feed``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import time
@@ -29,14 +29,13 @@ from typing import Protocol, TypeVar
 from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 
 from broker import cloudevents as ce
 from broker.dead_letters import dead_letter
 from broker.jetstream import ensure_streams
+from broker.pull_feed import FeedLost, PullFeed
 from broker.subjects import ALL_STORED, EVENTS_STREAM
 from broker.tasks import cancel_and_wait
 from domain.event_store import RecordedEvent
@@ -123,6 +122,7 @@ class Projector:
         on_commit: CommitHook | None = None,
         keep_context: bool = False,
     ) -> None:
+        self._nc = nc
         self._js = nc.jetstream()
         self._db = db
         self.projections = projections
@@ -156,22 +156,22 @@ class Projector:
 
     async def _run(self) -> None:
         while True:
-            cp = await self.checkpoint()
-            # After EVENTS was recreated its sequences restart: read it all, skip by position.
-            last = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
-            start = cp.sequence + 1 if cp.sequence <= last else 1
-            sub = await self._js.subscribe(
-                ALL_STORED,
-                stream=EVENTS_STREAM,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-                ),
-            )
+            feed: PullFeed | None = None
             try:
-                await self._consume(sub)
+                cp = await self.checkpoint()
+                # After EVENTS was recreated its sequences restart: read it all, skip by
+                # position. (Until the relay recreates it, this fails and is retried.)
+                last = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
+                start = cp.sequence + 1 if cp.sequence <= last else 1
+                feed = PullFeed(self._nc, EVENTS_STREAM, ALL_STORED, start_sequence=start)
+                await feed.open()
+                while True:
+                    await self._handle(await feed.batch(self._batch))
             except asyncio.CancelledError:
                 raise
+            except FeedLost as exc:
+                self.restarts += 1
+                logger.warning("projector {} lost its feed ({}); resuming", self.name, exc)
             except Exception as exc:
                 # e.g. the read-model file is locked by a rebuild: resume from the checkpoint.
                 self.restarts += 1
@@ -180,17 +180,8 @@ class Projector:
                 )
                 await asyncio.sleep(RESTART_DELAY)
             finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-
-    async def _consume(self, sub: Subscription) -> None:
-        # timeout=None everywhere: nats-py wraps any other timeout in asyncio.wait_for,
-        # which on Python 3.11 can swallow our cancellation and make stop() hang.
-        while True:
-            msgs = [await sub.next_msg(timeout=None)]
-            while len(msgs) < self._batch and sub.pending_msgs > 0:
-                msgs.append(await sub.next_msg(timeout=None))
-            await self._handle(msgs)
+                if feed is not None:
+                    await feed.close()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         received: list[tuple[Msg, RecordedEvent]] = []

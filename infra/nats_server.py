@@ -84,6 +84,11 @@ class EmbeddedNatsServer:
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (tests freeze it to play a silent server)."""
+        return self._proc.pid if self._proc is not None else None
+
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         store_dir = self.data_dir / "jetstream"
