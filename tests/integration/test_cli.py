@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
-from tests.conftest import eventually, request
+from tests.conftest import events_in_stream, eventually, request
 from tests.integration.test_processes import ORDERMESH, env_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -387,6 +387,11 @@ async def test_replay_since_and_of_dead_letters(
 ) -> None:
     body = {"product_id": "p-1", "name": "W", "price": "1.00"}
     assert (await request(nc, "commands.product.create", body))["ok"]
+
+    async def relayed() -> bool:
+        return await events_in_stream(nc) == 1
+
+    await eventually(relayed)  # the relay publishes after the reply: order the two
     await nc.jetstream().publish("events.foreign.note", b"not ours")
 
     async def dead_lettered() -> bool:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from domain.event_store import NewEvent, StreamState, WrongExpectedRevision
+from infra.eventstore import sqlite as sqlite_store
 from infra.eventstore.sqlite import SQLiteEventStore, sqlite_path_from_url
+from tests.conftest import eventually
 
 
 async def test_a_failing_append_in_a_group_writes_nothing_and_fails_alone(
@@ -77,3 +79,65 @@ def test_sqlite_urls(url: str, path: str) -> None:
 async def test_bad_synchronous_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         await SQLiteEventStore.open(f"sqlite:///{tmp_path}/e.db?synchronous=sometimes")
+
+
+async def _append_while_another_connection_writes(store: SQLiteEventStore, path: Path) -> None:
+    """Take the write lock from another connection, start an append, let the loop run,
+    release the lock: the append must neither fail nor have stopped the loop."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        pending = asyncio.create_task(
+            store.append("s", [NewEvent("t", b"{}")], StreamState.NO_STREAM)
+        )
+        for _ in range(20):  # a loop blocked on the lock would not come back here
+            await asyncio.sleep(0)
+        assert not pending.done()
+        other.execute("COMMIT")
+        result = await pending
+        assert (result.revision, len(await store.read_stream("s"))) == (0, 1)
+    finally:
+        other.close()
+
+
+async def test_a_held_write_lock_sends_the_group_to_the_worker_thread(tmp_path: Path) -> None:
+    store = await SQLiteEventStore.open(tmp_path / "e.db")
+    try:
+        await _append_while_another_connection_writes(store, tmp_path / "e.db")
+        assert store.handed_off == 1
+        # The lock is free again: the next group runs on the loop's thread.
+        await store.append("s", [NewEvent("t", b"{}")], 0)
+        assert store.handed_off == 1
+    finally:
+        await store.close()
+
+
+async def test_synchronous_full_writes_only_on_the_worker_thread(tmp_path: Path) -> None:
+    store = await SQLiteEventStore.open(f"sqlite:///{tmp_path}/e.db?synchronous=full")
+    try:
+        await _append_while_another_connection_writes(store, tmp_path / "e.db")
+        assert store.handed_off == 0, "a syncing commit was tried on the loop's thread"
+    finally:
+        await store.close()
+
+
+async def test_writes_on_the_loop_thread_are_checkpointed_by_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 50)
+    path = tmp_path / "e.db"
+    store = await SQLiteEventStore.open(path)
+    try:
+        before = path.stat().st_size
+        payload = b'{"pad": "' + b"x" * 2000 + b'"}'
+        for i in range(60):
+            await store.append(f"s{i}", [NewEvent("t", payload)], StreamState.NO_STREAM)
+
+        async def checkpointed() -> bool:
+            return store.checkpoints == 1
+
+        await eventually(checkpointed)
+        # The pages went from the WAL into the database file itself.
+        assert path.stat().st_size > before + 50 * 2000
+    finally:
+        await store.close()
