@@ -21,7 +21,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Span,
@@ -33,6 +32,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from telemetry.batching import SpanBatcher
 from telemetry.spans import LeanTracer
 
 INSTRUMENTATION = "ordermesh"
@@ -80,7 +80,7 @@ def configure_tracing(
             logger.warning("OTLP protocol {!r} is not supported; using http/protobuf", protocol)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        processors = [BatchSpanProcessor(OTLPSpanExporter())]
+        processors = [SpanBatcher(OTLPSpanExporter(), environ=environ)]
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(
         sampler=sampler_from(environ),

@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from pydantic_core import from_json, to_json
 
 from broker.connection import connect
@@ -38,6 +38,7 @@ from ordermesh.bench.measure import (
 from ordermesh.tap.message import Tapped
 from ordermesh.tap.render import json_line
 from ordermesh.tap.session import Tap, TapOptions
+from telemetry.batching import SpanBatcher
 from telemetry.tracing import configure_tracing, shutdown_tracing
 
 REQUEST_TIMEOUT = 10.0
@@ -398,7 +399,7 @@ async def tracing_cost(
         )
         configure_tracing(
             "ordermesh-bench",
-            processors=[BatchSpanProcessor(_Discard())],
+            processors=[SpanBatcher(_Discard())],
             environ={"OTEL_TRACES_SAMPLER": "always_on"},
         )
         try:

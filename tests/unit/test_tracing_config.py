@@ -34,7 +34,7 @@ def test_an_endpoint_turns_on_batch_export_under_the_services_name() -> None:
     assert provider is not None and tracing.enabled()
     assert provider.resource.attributes[SERVICE_NAME] == "ordermesh-command"
     processors = provider._active_span_processor._span_processors
-    assert [type(p).__name__ for p in processors] == ["BatchSpanProcessor"]
+    assert [type(p).__name__ for p in processors] == ["SpanBatcher"]
 
 
 def test_sdk_disabled_and_exporter_none_turn_it_off() -> None:
