@@ -211,7 +211,7 @@ class Projector:
                     continue  # not this consumer's business: no span, no sample
                 trace_id = None
                 if span is not None:
-                    trace_id = f"{span.get_span_context().trace_id:032x}"
+                    trace_id = tracing.trace_id_of(span)
                     span.end()
                 observe(event_processing, elapsed, recorded.type, self.name, trace_id=trace_id)
         if batch:

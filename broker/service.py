@@ -150,8 +150,12 @@ class RequestService:
             else:
                 _log(ctx, msg_type).debug("no reply subject for {}; result dropped", msg_type)
             count(self._metrics.received, label)
-            trace_id = f"{span.get_span_context().trace_id:032x}" if span.is_recording() else None
-            observe(self._metrics.duration, time.perf_counter() - started, label, trace_id=trace_id)
+            observe(
+                self._metrics.duration,
+                time.perf_counter() - started,
+                label,
+                trace_id=tracing.trace_id_of(span),
+            )
 
     async def _answer(
         self, msg: Msg, msg_type: str, ctx: MessageContext

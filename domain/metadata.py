@@ -64,8 +64,9 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 
 def _kurrent_hex(hex_id: str) -> str:
-    """KurrentDB's clients write ids as ``f"{int:#x}"`` (``0x`` prefix, no zero padding)."""
-    return f"{int(hex_id, 16):#x}"
+    """KurrentDB's clients write ids as ``f"{int:#x}"`` (``0x`` prefix, no zero padding);
+    the same string, without the round trip through an int."""
+    return "0x" + (hex_id.lower().lstrip("0") or "0")
 
 
 def event_metadata(ctx: MessageContext, source: str, traceparent: str | None = None) -> bytes:

@@ -43,6 +43,7 @@ class LeanSpan(trace.Span):
         "_parent",
         "_start",
         "_status",
+        "_traceparent",
         "_tracer",
     )
 
@@ -65,6 +66,18 @@ class LeanSpan(trace.Span):
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
+        self._traceparent: str | None = None
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` naming this span, formatted once: a command needs it
+        for its children, its stored events and its exemplar (1.3 µs through the API)."""
+        traceparent = self._traceparent
+        if traceparent is None:
+            c = self._context
+            traceparent = f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}"
+            self._traceparent = traceparent
+        return traceparent
 
     def get_span_context(self) -> SpanContext:
         return self._context

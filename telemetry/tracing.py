@@ -33,7 +33,7 @@ from opentelemetry.trace import (
 )
 
 from telemetry.batching import SpanBatcher
-from telemetry.spans import LeanTracer
+from telemetry.spans import LeanSpan, LeanTracer
 
 INSTRUMENTATION = "ordermesh"
 
@@ -156,10 +156,21 @@ def span_context_of(traceparent: str, tracestate: str | None = None) -> SpanCont
 
 
 def traceparent_of(span: Span) -> str | None:
+    if type(span) is LeanSpan:
+        return span.traceparent
     sc = span.get_span_context()
     if not sc.is_valid:
         return None
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+
+
+def trace_id_of(span: Span) -> str | None:
+    """The hex trace id of a recording span (for an exemplar), else None."""
+    if type(span) is LeanSpan:
+        return span.traceparent[3:35] if span.is_recording() else None
+    if not span.is_recording():
+        return None
+    return f"{span.get_span_context().trace_id:032x}"
 
 
 def current_ids() -> tuple[str, str] | None:

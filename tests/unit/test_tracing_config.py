@@ -75,6 +75,12 @@ def test_traceparent_round_trip_and_garbage() -> None:
         assert child.split("-")[1] == parent.split("-")[1]
         assert child.split("-")[2] != parent.split("-")[2]
         assert span.get_span_context().trace_state.get("k") == "v"
+        # The lean span's own, formatted once, is what the API's span context says.
+        sc = span.get_span_context()
+        assert child == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+        assert tracing.traceparent_of(span) is child
+        assert tracing.trace_id_of(span) == f"{sc.trace_id:032x}"
+    assert tracing.trace_id_of(span) is None  # ended: no exemplar from it
     for bad in (
         "",
         "garbage",
