@@ -3,16 +3,19 @@ outside the code depend on them (see ``docs/operations.md``).
 
 Labels are types, codes and statuses only, never ids. Histograms carry the current
 trace id as an exemplar, so a latency spike links to the trace that caused it (visible
-when scraped as OpenMetrics).
+when scraped as OpenMetrics). Counters and histograms are ``telemetry.instruments``' (no
+lock per update), gauges prometheus-client's; all are served by prometheus-client.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge
 
+from telemetry.instruments import LoopCounter as Counter
+from telemetry.instruments import LoopHistogram as Histogram
 from telemetry.tracing import current_ids, enabled
 
 #: Message handling: from sub-millisecond to the 30 s a saga step may wait.
@@ -141,38 +144,25 @@ def exemplar(trace_id: str | None = None) -> dict[str, str] | None:
 #: attaching one costs more than the observation itself.
 EXEMPLAR_INTERVAL = 0.1
 
-_series: dict[tuple[int, tuple[str, ...]], Any] = {}
-_last_exemplar: dict[int, float] = {}
-
-
-def series(metric: Counter | Gauge | Histogram, *labels: str) -> Any:
-    """``metric.labels(*labels)``, looked up once: prometheus-client takes a lock and
-    builds a key on every call, and the hot path counts several times per message."""
-    key = (id(metric), labels)
-    found = _series.get(key)
-    if found is None:
-        found = _series[key] = metric.labels(*labels)
-    return found
-
 
 def count(counter: Counter, *labels: str) -> None:
-    series(counter, *labels).inc()
+    counter.labels(*labels).value += 1
 
 
 def observe(
     histogram: Histogram, seconds: float, *labels: str, trace_id: str | None = None
 ) -> None:
-    """``histogram.labels(*labels).observe(seconds)``, with the series looked up once and
-    an exemplar at most every :data:`EXEMPLAR_INTERVAL` per series."""
-    series_ = series(histogram, *labels)
+    """``histogram.labels(*labels).observe(seconds)``, with an exemplar at most every
+    :data:`EXEMPLAR_INTERVAL` per series."""
+    series = histogram.labels(*labels)
     now = time.monotonic()
-    if now - _last_exemplar.get(id(series_), 0.0) >= EXEMPLAR_INTERVAL:
+    if now - series.last_exemplar >= EXEMPLAR_INTERVAL:
         attached = exemplar(trace_id)
         if attached is not None:
-            _last_exemplar[id(series_)] = now
-        series_.observe(seconds, attached)
+            series.last_exemplar = now
+        series.observe(seconds, attached)
     else:
-        series_.observe(seconds)
+        series.observe(seconds)
 
 
 class timed:
