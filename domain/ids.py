@@ -22,8 +22,9 @@ def _random_v4() -> int:
 
 
 def _canonical(n: int) -> str:
-    """``str(uuid.UUID(int=n))``, without building the ``UUID``: half the cost."""
-    h = f"{n:032x}"
+    """``str(uuid.UUID(int=n))``, without building the ``UUID``: half the cost (and
+    ``bytes.hex`` is cheaper than a ``032x`` format)."""
+    h = n.to_bytes(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -37,9 +38,10 @@ def new_id() -> str:
     return _canonical(_random_v4())
 
 
-_VERSION_7 = (0x7 << 76) | (0x2 << 62)
+_VARIANT = 0x2 << 62  # RFC 4122 variant bits 10, the top of the last 64 bits
 _last_ms = 0
 _sequence = 0
+_prefix = ""
 
 
 def new_event_id() -> str:
@@ -52,12 +54,22 @@ def new_event_id() -> str:
     counter keeps this process's ids in order (RFC 9562, method 1); past 4096 in one
     millisecond the clock part moves on a millisecond early.
     """
-    global _last_ms, _sequence
+    global _last_ms, _sequence, _prefix
     ms = time.time_ns() // 1_000_000
     if ms > _last_ms:
         _last_ms, _sequence = ms, 0
+        _prefix = _ms_prefix(ms)
     else:
         _sequence += 1
         if _sequence > 0xFFF:
             _last_ms, _sequence = _last_ms + 1, 0
-    return _canonical((_last_ms << 80) | (_sequence << 64) | _bits(62) | _VERSION_7)
+            _prefix = _ms_prefix(_last_ms)
+    # The millisecond part is formatted once per millisecond; the rest is one hex().
+    h = ((_sequence << 64) | _bits(62) | _VARIANT).to_bytes(10).hex()
+    return f"{_prefix}{h[1:4]}-{h[4:8]}-{h[8:]}"
+
+
+def _ms_prefix(ms: int) -> str:
+    """``xxxxxxxx-xxxx-7``: a v7 id's first 15 characters, from its millisecond."""
+    h = ms.to_bytes(6).hex()
+    return f"{h[:8]}-{h[8:]}-7"
