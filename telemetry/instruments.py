@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -68,7 +69,10 @@ class HistogramSeries:
             self.exemplars[i] = Exemplar(exemplar, amount, time.time())
 
 
-class _Instrument(Collector):
+S = TypeVar("S", "CounterSeries", "HistogramSeries")
+
+
+class _Instrument(Collector, Generic[S]):
     def __init__(
         self,
         name: str,
@@ -79,8 +83,21 @@ class _Instrument(Collector):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], S] = {}
         if registry is not None:
             registry.register(self)
+
+    def labels(self, *values: str) -> S:
+        """The series of these label values, made on first use."""
+        found = self._series.get(values)
+        if found is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            found = self._series[values] = self._new_series()
+        return found
+
+    def _new_series(self) -> S:
+        raise NotImplementedError
 
     def describe(self) -> Iterator[Metric]:
         """What the registry checks for duplicate names: the family, without samples."""
@@ -90,7 +107,7 @@ class _Instrument(Collector):
         raise NotImplementedError
 
 
-class LoopCounter(_Instrument):
+class LoopCounter(_Instrument[CounterSeries]):
     """A labelled counter, for code running on the event loop."""
 
     def __init__(
@@ -100,16 +117,10 @@ class LoopCounter(_Instrument):
         labelnames: Sequence[str],
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
-        self._series: dict[tuple[str, ...], CounterSeries] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> CounterSeries:
-        found = self._series.get(values)
-        if found is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            found = self._series[values] = CounterSeries()
-        return found
+    def _new_series(self) -> CounterSeries:
+        return CounterSeries()
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -121,7 +132,7 @@ class LoopCounter(_Instrument):
         yield family
 
 
-class LoopHistogram(_Instrument):
+class LoopHistogram(_Instrument[HistogramSeries]):
     """A labelled histogram, for code running on the event loop."""
 
     def __init__(
@@ -135,16 +146,10 @@ class LoopHistogram(_Instrument):
         bounds = tuple(sorted(float(b) for b in buckets))
         self._bounds = bounds if bounds[-1] == _INF else (*bounds, _INF)
         self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, ...], HistogramSeries] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramSeries:
-        found = self._series.get(values)
-        if found is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            found = self._series[values] = HistogramSeries(self._bounds)
-        return found
+    def _new_series(self) -> HistogramSeries:
+        return HistogramSeries(self._bounds)
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
