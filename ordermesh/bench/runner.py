@@ -37,7 +37,11 @@ class Plan:
     relay_events: int
     memory_orders: int
     saga_orders: int
+    #: Alternated pairs (raw then command, tracing off then on) and each one's seconds:
+    #: the ratio is the median pair's, so more, shorter pairs ride out the machine's
+    #: bursts better than a few long ones.
     rounds: int
+    pair_duration: float
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
@@ -49,6 +53,7 @@ class Plan:
                 memory_orders=1_000,
                 saga_orders=200,
                 rounds=1,
+                pair_duration=1.0,
             )
         return cls(
             duration=5.0,
@@ -56,7 +61,8 @@ class Plan:
             relay_events=20_000,
             memory_orders=10_000,
             saga_orders=3_000,
-            rounds=3,
+            rounds=5,
+            pair_duration=4.0,
         )
 
 
@@ -105,12 +111,16 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                             command,
                             products,
                             concurrency=64,
-                            duration=plan.duration,
+                            duration=plan.pair_duration,
                             rounds=plan.rounds,
                         )
                     )
                 for r in await system.tracing_cost(
-                    client, products, concurrency=64, duration=plan.duration
+                    client,
+                    products,
+                    concurrency=64,
+                    duration=plan.pair_duration,
+                    rounds=plan.rounds,
                 ):
                     done(r)
             finally:
