@@ -156,7 +156,7 @@ class Order:
         # order; the one thing that can go wrong, a total past what money may be, is
         # checked here and refused by name.
         lines = [
-            PricedLine.model_construct(
+            PricedLine.trusted(
                 product_id=line.product_id,
                 quantity=line.quantity,
                 unit_price=catalogue[line.product_id].price,
@@ -173,7 +173,7 @@ class Order:
                 limit=str(MAX_AMOUNT),
             )
         return [
-            OrderPlaced.model_construct(
+            OrderPlaced.trusted(
                 order_id=cmd.order_id,
                 customer_id=cmd.customer_id,
                 items=lines,

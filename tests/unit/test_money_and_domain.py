@@ -160,3 +160,22 @@ def test_a_placed_order_is_the_event_validation_would_have_built() -> None:
     assert again == placed
     assert again.model_dump_json() == placed.model_dump_json()
     assert placed.model_dump(mode="json")["total"] == "37.50"
+    assert placed.model_fields_set == again.model_fields_set
+
+
+def test_trusted_builds_what_model_construct_builds_and_falls_back_to_it() -> None:
+    from domain import order as o
+
+    values = {
+        "product_id": "p-1",
+        "quantity": 2,
+        "unit_price": Decimal("1.25"),
+        "line_total": Decimal("2.50"),
+    }
+    trusted, constructed = o.PricedLine.trusted(**values), o.PricedLine.model_construct(**values)
+    assert trusted == constructed and list(trusted.__dict__) == list(o.PricedLine.model_fields)
+    assert trusted.model_dump_json() == constructed.model_dump_json()
+    # A field left out takes its default, as model_construct gives it.
+    partial = o.OrderPlaced.trusted(order_id="o-1", customer_id="c", items=[], total=Decimal(0))
+    assert (partial.payment_method, partial.shipping_address) == ("card", None)
+    assert partial.model_fields_set == {"order_id", "customer_id", "items", "total"}
