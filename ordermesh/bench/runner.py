@@ -61,8 +61,8 @@ class Plan:
             relay_events=20_000,
             memory_orders=10_000,
             saga_orders=3_000,
-            rounds=5,
-            pair_duration=4.0,
+            rounds=9,
+            pair_duration=2.0,
         )
 
 

@@ -122,14 +122,19 @@ async def command_vs_raw(
     rounds: int = 3,
 ) -> Result:
     """The command rate, with its ratio taken against raw request/reply measured right
-    before it, ``rounds`` times: the median of those pairs. On a shared machine raw alone
+    before or after it, ``rounds`` times: the median of those pairs. On a shared machine raw alone
     moved by a third between two runs minutes apart; a pair seconds apart drifts less."""
     pairs: list[tuple[Result, Result]] = []
-    for _ in range(rounds):
-        baseline = await raw.request_reply(url, concurrency=concurrency, duration=duration)
+    for i in range(rounds):
+        # Every other pair measures the command first: a drift within a pair then does
+        # not always favour the same side.
+        if i % 2 == 0:
+            baseline = await raw.request_reply(url, concurrency=concurrency, duration=duration)
         measured = await command_rate(
             nc, command, products, concurrency=concurrency, duration=duration
         )
+        if i % 2 == 1:
+            baseline = await raw.request_reply(url, concurrency=concurrency, duration=duration)
         pairs.append((baseline, measured))
     result = middle_result([m for _, m in pairs])
     result.ratio = middle([m.value / b.value for b, m in pairs])
@@ -388,15 +393,19 @@ async def tracing_cost(
     nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 3
 ) -> list[Result]:
     """``product.restock`` with tracing off and on (always-on sampler, batch processor,
-    discarding exporter), alternated so that machine drift hits both alike."""
+    discarding exporter), alternated so that machine drift hits both alike; every other
+    pair runs "on" first, so that a drift within a pair does not always favour one side."""
     off: list[Result] = []
     on: list[Result] = []
-    for _ in range(rounds):
-        off.append(
-            await command_rate(
-                nc, "product.restock", products, concurrency=concurrency, duration=duration
+
+    async def measure(traced: bool) -> None:
+        if not traced:
+            off.append(
+                await command_rate(
+                    nc, "product.restock", products, concurrency=concurrency, duration=duration
+                )
             )
-        )
+            return
         configure_tracing(
             "ordermesh-bench",
             processors=[SpanBatcher(_Discard())],
@@ -410,6 +419,10 @@ async def tracing_cost(
             )
         finally:
             shutdown_tracing()
+
+    for i in range(rounds):
+        for tracing_on in (False, True) if i % 2 == 0 else (True, False):
+            await measure(tracing_on)
 
     def median(
         results: list[Result], name: str, baseline: str | None, target: float | None
