@@ -38,6 +38,12 @@ def to_money(value: Any) -> Decimal:
 
 
 def format_money(amount: Decimal) -> str:
+    """Two places always. Amounts here have two places already (validated, or cents times
+    a count, or sums of those), so their own ``str`` is the answer, without a quantize;
+    anything else is quantized."""
+    text = str(amount)
+    if len(text) > 3 and text[-3] == "." and "E" not in text:
+        return text
     return str(amount.quantize(CENT))
 
 

@@ -15,7 +15,7 @@ from domain.errors import (
     ProductAlreadyExists,
     ProductNotFound,
 )
-from domain.money import to_money
+from domain.money import format_money, to_money
 from domain.order import CancelOrder, Order, OrderLine, PlaceOrder
 from domain.product import ChangePrice, CreateProduct, Product, Restock
 
@@ -179,3 +179,10 @@ def test_trusted_builds_what_model_construct_builds_and_falls_back_to_it() -> No
     partial = o.OrderPlaced.trusted(order_id="o-1", customer_id="c", items=[], total=Decimal(0))
     assert (partial.payment_method, partial.shipping_address) == ("card", None)
     assert partial.model_fields_set == {"order_id", "customer_id", "items", "total"}
+
+
+@pytest.mark.parametrize(
+    "raw", ["12.50", "12.5", "5", "0.00", "0", "100", "1E+2", "1.00E+2", "0E-8", "12.345", "9.99"]
+)
+def test_money_is_written_with_two_places_whatever_its_exponent(raw: str) -> None:
+    assert format_money(Decimal(raw)) == str(Decimal(raw).quantize(Decimal("0.01")))
