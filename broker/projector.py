@@ -170,8 +170,11 @@ class Projector:
             except asyncio.CancelledError:
                 raise
             except FeedLost as exc:
+                # The server restarted, or the consumer or EVENTS was deleted: a new feed
+                # from the checkpoint, after a pause (a feed refused at once must not spin).
                 self.restarts += 1
                 logger.warning("projector {} lost its feed ({}); resuming", self.name, exc)
+                await asyncio.sleep(RESTART_DELAY)
             except Exception as exc:
                 # e.g. the read-model file is locked by a rebuild: resume from the checkpoint.
                 self.restarts += 1

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.client import Client as NATS
 
+from broker.connection import connect
 from broker.projector import Projector
 from broker.relay import Relay
 from domain.event_store import RecordedEvent
@@ -224,3 +228,55 @@ async def test_a_purged_events_stream_is_refilled_without_walking_its_old_sequen
     # was relayed, and no purged sequence is fetched one by one to find that out.
     assert await relay.checkpoint() == 0
     assert fetched == []
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+async def test_projections_ride_out_a_server_restart(tmp_path: Path, how: str) -> None:
+    """A projector's consumer lives in the server's memory. Stopped, the server says so
+    ("409 Server Shutdown"); killed, it says nothing and the feed hears no heartbeat.
+    Either way the feed is reopened from the read model's checkpoint and the view catches
+    up."""
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    await server.start()
+    app = App(settings_for(server, tmp_path), ("command", "relay", "projections", "query"))
+    await app.start()
+    client = await connect(server.url)
+    try:
+        assert (await request(client, "commands.product.create", WIDGET))["ok"]
+
+        async def projected(stock: int, version: int) -> bool:
+            try:
+                view = await product_view(client)
+            except Exception:  # not projected yet, or the server is away
+                return False
+            return (view["stock"], view["version"]) == (stock, version)
+
+        await eventually(lambda: projected(10, 1))
+        if how == "killed":
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+        await server.stop()
+        server = EmbeddedNatsServer(tmp_path / "nats", port=server.port)
+        await server.start()
+        # One restock, resent under the same id until the reconnected service answers.
+        restock = {"product_id": "p-1", "quantity": 5}
+        resend = {"ce-id": "restock-after-restart"}
+
+        async def restocked() -> bool:
+            try:
+                reply = await request(
+                    client, "commands.product.restock", restock, headers=resend, timeout=2
+                )
+            except Exception:
+                return False
+            return bool(reply["ok"])
+
+        await eventually(restocked, timeout=30)
+
+        await eventually(lambda: projected(15, 2), timeout=30)
+        projector = next(c for c in app.components if isinstance(c, Projector))
+        assert projector.restarts >= 1, "the feed was never lost, so never reopened"
+    finally:
+        await client.close()
+        await app.stop()
+        await server.stop()
