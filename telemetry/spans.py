@@ -25,11 +25,25 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import Attributes
 
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def valid_span_context(
+    trace_id: int, span_id: int, flags: TraceFlags, trace_state: TraceState | None
+) -> SpanContext:
+    """``SpanContext(trace_id, span_id, False, flags, trace_state)`` for ids known to be
+    valid (non-zero random bits, or a valid parent's), without the constructor's checks:
+    a ``SpanContext`` is a tuple of these six (a test holds the two equal)."""
+    state = DEFAULT_TRACE_STATE if trace_state is None else trace_state
+    context: SpanContext = tuple.__new__(
+        SpanContext, (trace_id, span_id, False, flags, state, True)
+    )
+    return context
 
 
 class LeanSpan(trace.Span):
@@ -43,6 +57,7 @@ class LeanSpan(trace.Span):
         "_parent",
         "_start",
         "_status",
+        "_trace_hex",
         "_traceparent",
         "_tracer",
     )
@@ -55,6 +70,7 @@ class LeanSpan(trace.Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: Attributes,
+        trace_hex: str | None = None,
     ) -> None:
         self._tracer = tracer
         self._name = name
@@ -67,15 +83,24 @@ class LeanSpan(trace.Span):
         self._start = time.time_ns()
         self._end: int | None = None
         self._traceparent: str | None = None
+        #: The trace id in hex, handed down from a parent that had it formatted already.
+        self._trace_hex = trace_hex
 
     @property
     def traceparent(self) -> str:
         """The W3C ``traceparent`` naming this span, formatted once: a command needs it
-        for its children, its stored events and its exemplar (1.3 µs through the API)."""
+        for its children, its stored events and its exemplar. ``bytes.hex`` rather than
+        ``f"{id:032x}"`` (a third of the cost), and the trace id from the parent when it
+        has it: two spans a command, these strings were 4 µs of a traced one."""
         traceparent = self._traceparent
         if traceparent is None:
             c = self._context
-            traceparent = f"00-{c.trace_id:032x}-{c.span_id:016x}-{c.trace_flags:02x}"
+            trace_hex = self._trace_hex
+            if trace_hex is None:
+                trace_hex = self._trace_hex = c.trace_id.to_bytes(16).hex()
+            flags = c.trace_flags
+            flags_hex = "01" if flags == 1 else "00" if flags == 0 else f"{flags:02x}"
+            traceparent = f"00-{trace_hex}-{c.span_id.to_bytes(8).hex()}-{flags_hex}"
             self._traceparent = traceparent
         return traceparent
 
@@ -203,23 +228,29 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         """The message path's entry: the parent as a span context (None: the current
         span), with no OpenTelemetry ``Context`` built unless a sampler needs one."""
+        trace_hex = None
         if parent is None:
-            parent = trace.get_current_span().get_span_context()
+            current = trace.get_current_span()
+            parent = current.get_span_context()
+            if type(current) is LeanSpan:
+                trace_hex = current._trace_hex
         span_id = random.getrandbits(64) or 1
-        if parent.is_valid:
+        # A SpanContext is a tuple: unpacked once instead of five property calls.
+        parent_trace_id, _, _, parent_flags, parent_state, parent_valid = parent
+        if parent_valid:
             parent_context: SpanContext | None = parent
-            trace_id, trace_state = parent.trace_id, parent.trace_state
+            trace_id, trace_state = parent_trace_id, parent_state
         else:
-            parent_context = None
+            parent_context, trace_hex = None, None
             trace_id, trace_state = random.getrandbits(128) or 1, None
         if self._parent_based is not None:
-            sampled = parent_context is None or not self._parent_based or parent.trace_flags.sampled
+            sampled = parent_context is None or not self._parent_based or parent_flags & 1
             if not sampled:
                 return trace.NonRecordingSpan(
                     SpanContext(trace_id, span_id, False, _NOT_SAMPLED, trace_state)
                 )
-            context = SpanContext(trace_id, span_id, False, _SAMPLED, trace_state)
-            return LeanSpan(self, name, context, parent_context, kind, attributes)
+            context = valid_span_context(trace_id, span_id, _SAMPLED, trace_state)
+            return LeanSpan(self, name, context, parent_context, kind, attributes, trace_hex)
         ctx = (
             trace.set_span_in_context(trace.NonRecordingSpan(parent))
             if parent_context is not None

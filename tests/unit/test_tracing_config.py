@@ -118,3 +118,31 @@ def test_sampling_follows_the_sampler_and_the_parent(
     if parent is not None:
         assert child is not None and child.split("-")[1] == parent.split("-")[1]
         assert child.endswith("-01" if recorded else "-00")
+
+
+def test_a_span_context_built_without_checks_equals_the_checked_one() -> None:
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    from telemetry.spans import valid_span_context
+
+    for state in (None, TraceState([("k", "v")])):
+        fast = valid_span_context(7, 9, TraceFlags(1), state)
+        checked = SpanContext(7, 9, False, TraceFlags(1), state)
+        assert fast == checked and type(fast) is SpanContext
+        assert (fast.trace_id, fast.span_id, fast.is_remote, fast.is_valid) == (7, 9, False, True)
+        assert fast.trace_state == checked.trace_state
+
+
+def test_a_child_names_its_own_span_in_its_parents_trace() -> None:
+    from opentelemetry.trace import SpanKind
+
+    tracing.configure_tracing("s", processors=[SimpleSpanProcessor(InMemorySpanExporter())])
+    with tracing.span("parent") as parent:
+        parent_traceparent = tracing.traceparent_of(parent)
+        with tracing.leaf("child", kind=SpanKind.CLIENT) as child:
+            child_traceparent = tracing.traceparent_of(child)
+            sc = child.get_span_context()
+    assert parent_traceparent is not None
+    assert child_traceparent == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01"
+    assert child_traceparent[3:35] == parent_traceparent[3:35]
+    assert child_traceparent[36:52] != parent_traceparent[36:52]
