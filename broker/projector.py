@@ -156,17 +156,17 @@ class Projector:
 
     async def _run(self) -> None:
         while True:
-            feed: PullFeed | None = None
             try:
                 cp = await self.checkpoint()
                 # After EVENTS was recreated its sequences restart: read it all, skip by
                 # position. (Until the relay recreates it, this fails and is retried.)
                 last = (await self._js.stream_info(EVENTS_STREAM)).state.last_seq
                 start = cp.sequence + 1 if cp.sequence <= last else 1
-                feed = PullFeed(self._nc, EVENTS_STREAM, ALL_STORED, start_sequence=start)
-                await feed.open()
-                while True:
-                    await self._handle(await feed.batch(self._batch))
+                async with PullFeed(
+                    self._nc, EVENTS_STREAM, ALL_STORED, start_sequence=start
+                ) as feed:
+                    while True:
+                        await self._handle(await feed.batch(self._batch))
             except asyncio.CancelledError:
                 raise
             except FeedLost as exc:
@@ -182,9 +182,6 @@ class Projector:
                     "projector {} failed; resuming from its checkpoint", self.name
                 )
                 await asyncio.sleep(RESTART_DELAY)
-            finally:
-                if feed is not None:
-                    await feed.close()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         received: list[tuple[Msg, RecordedEvent]] = []

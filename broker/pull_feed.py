@@ -45,7 +45,8 @@ class FeedLost(Exception):
 
 
 class PullFeed:
-    """Messages of ``stream`` from ``start_sequence`` on, in stream order, in batches."""
+    """Messages of ``stream`` from ``start_sequence`` on, in stream order, in batches;
+    ``async with`` opens and closes it."""
 
     def __init__(
         self,
@@ -95,6 +96,17 @@ class PullFeed:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{info.name}"
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def __aenter__(self) -> PullFeed:
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()  # a consumer made before a failed subscribe is removed
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Stop receiving and remove the consumer (the server would, once inactive)."""

@@ -99,16 +99,12 @@ class SQLiteEventStore:
 
     system = "sqlite"
 
-    def __init__(
-        self,
-        worker: SQLiteWorker,
-        poll_interval: float,
-        here: sqlite3.Connection | None = None,
-    ) -> None:
+    def __init__(self, worker: SQLiteWorker, poll_interval: float) -> None:
         self._worker = worker
         self._poll_interval = poll_interval
-        #: The loop thread's connection: it never waits for a lock and never checkpoints.
-        self._here = here
+        #: The loop thread's connection, when commits do not sync: it never waits for a
+        #: lock and never checkpoints.
+        self._here: sqlite3.Connection | None = None
         self._appended = asyncio.Event()
         self._queue: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -137,14 +133,15 @@ class SQLiteEventStore:
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
         worker = SQLiteWorker(path, _SCHEMA, synchronous=synchronous, name="event-store")
-        await worker.run(lambda _db: None)  # creates the file, WAL mode and the schema
-        here = None
+        store = cls(worker, poll_interval)
+        await store._run(lambda _db: None)  # creates the file, WAL mode and the schema
         if synchronous in _UNSYNCED:
             here = sqlite3.connect(path, isolation_level=None)
             here.execute("PRAGMA busy_timeout=0")
             here.execute("PRAGMA wal_autocheckpoint=0")
             here.execute(f"PRAGMA synchronous={synchronous}")
-        return cls(worker, poll_interval, here)
+            store._here = here
+        return store
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:

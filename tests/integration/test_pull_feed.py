@@ -9,6 +9,7 @@ import signal
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from broker.pull_feed import FeedLost, PullFeed
 from infra.nats_server import EmbeddedNatsServer
@@ -32,9 +33,7 @@ async def _consumer_state(nc: NATS, feed: PullFeed) -> tuple[int, int, int]:
 
 async def test_delivers_in_stream_order_from_the_start_sequence(nc: NATS) -> None:
     await _stream_with(nc, 700)
-    feed = PullFeed(nc, STREAM, "feed.>", start_sequence=51, window=64)
-    await feed.open()
-    try:
+    async with PullFeed(nc, STREAM, "feed.>", start_sequence=51, window=64) as feed:
         received: list[int] = []
         sizes: list[int] = []
         while len(received) < 650:
@@ -45,15 +44,11 @@ async def test_delivers_in_stream_order_from_the_start_sequence(nc: NATS) -> Non
         assert [m.data for m in batch][-1] == b"699"
         assert max(sizes) <= 50
         assert feed.pulls > 650 // 64, "the window was topped up, not asked for at once"
-    finally:
-        await feed.close()
 
 
 async def test_holds_no_more_than_its_window_however_far_behind(nc: NATS) -> None:
     await _stream_with(nc, 500)
-    feed = PullFeed(nc, STREAM, "feed.>", start_sequence=1, window=40)
-    await feed.open()
-    try:
+    async with PullFeed(nc, STREAM, "feed.>", start_sequence=1, window=40) as feed:
         taken: list[int] = []
         while len(taken) < 10:
             taken += [m.metadata.sequence.stream for m in await feed.batch(10 - len(taken))]
@@ -71,15 +66,12 @@ async def test_holds_no_more_than_its_window_however_far_behind(nc: NATS) -> Non
             assert delivered <= len(taken) + 40, (delivered, len(taken))
             assert feed.in_flight <= 40
         assert taken == list(range(1, 501))
-    finally:
-        await feed.close()
 
 
 async def test_an_expired_pull_is_replaced(nc: NATS) -> None:
     await _stream_with(nc, 0)
-    feed = PullFeed(nc, STREAM, "feed.>", start_sequence=1, window=8, expires=0.3, heartbeat=0.1)
-    await feed.open()
-    try:
+    short = {"window": 8, "expires": 0.3, "heartbeat": 0.1}
+    async with PullFeed(nc, STREAM, "feed.>", start_sequence=1, **short) as feed:
         waiting = asyncio.create_task(feed.batch(8))
 
         async def repulled() -> bool:
@@ -89,22 +81,16 @@ async def test_an_expired_pull_is_replaced(nc: NATS) -> None:
         await nc.jetstream().publish("feed.late", b"late")
         batch = await waiting
         assert [m.data for m in batch] == [b"late"]
-    finally:
-        await feed.close()
 
 
 async def test_a_deleted_consumer_is_reported(nc: NATS) -> None:
     await _stream_with(nc, 0)
-    feed = PullFeed(nc, STREAM, "feed.>", start_sequence=1)
-    await feed.open()
-    try:
+    async with PullFeed(nc, STREAM, "feed.>", start_sequence=1) as feed:
         waiting = asyncio.create_task(feed.batch(8))
         await eventually(lambda: _has_waiting_pull(nc, feed))
         await nc.jetstream().delete_consumer(STREAM, feed._consumer or "")
         with pytest.raises(FeedLost, match="409"):
             await waiting
-    finally:
-        await feed.close()
 
 
 async def _has_waiting_pull(nc: NATS, feed: PullFeed) -> bool:
@@ -113,9 +99,7 @@ async def _has_waiting_pull(nc: NATS, feed: PullFeed) -> bool:
 
 async def test_a_silent_server_is_reported(nats_server: EmbeddedNatsServer, nc: NATS) -> None:
     await _stream_with(nc, 0)
-    feed = PullFeed(nc, STREAM, "feed.>", start_sequence=1, heartbeat=0.2)
-    await feed.open()
-    try:
+    async with PullFeed(nc, STREAM, "feed.>", start_sequence=1, heartbeat=0.2) as feed:
         waiting = asyncio.create_task(feed.batch(8))
         await eventually(lambda: _has_waiting_pull(nc, feed))
         assert nats_server.pid is not None
@@ -125,5 +109,9 @@ async def test_a_silent_server_is_reported(nats_server: EmbeddedNatsServer, nc: 
                 await waiting
         finally:
             os.kill(nats_server.pid, signal.SIGCONT)
-    finally:
-        await feed.close()
+
+
+async def test_a_feed_that_cannot_open_says_why(nc: NATS) -> None:
+    with pytest.raises(NotFoundError):
+        async with PullFeed(nc, "NO_SUCH_STREAM", "feed.>", start_sequence=1):
+            pass

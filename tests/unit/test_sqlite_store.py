@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from domain.event_store import NewEvent, StreamState, WrongExpectedRevision
+from domain.event_store import (
+    EventStoreUnavailable,
+    NewEvent,
+    StreamState,
+    WrongExpectedRevision,
+)
 from infra.eventstore import sqlite as sqlite_store
 from infra.eventstore.sqlite import SQLiteEventStore, sqlite_path_from_url
 
@@ -148,3 +153,8 @@ async def test_the_wal_is_checkpointed_and_starts_over_under_steady_writes(
         assert wal < 800 * 2000 / 3
     finally:
         await store.close()
+
+
+async def test_a_file_that_cannot_be_opened_is_an_unavailable_store(tmp_path: Path) -> None:
+    with pytest.raises(EventStoreUnavailable):
+        await SQLiteEventStore.open(tmp_path)  # a directory, not a database file
