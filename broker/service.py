@@ -42,10 +42,12 @@ DEFAULT_CONCURRENCY = 256
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """How to serve one message type: its body model and the call that answers it."""
+    """How to serve one message type: its body model, the call that answers it, and
+    which part of the call's result is the reply's data (``None``: all of it)."""
 
     model: type[BaseModel]
     call: Callable[[Any, MessageContext], Awaitable[Any]]
+    data: Callable[[Any], Any] | None = None
 
 
 def _log(ctx: MessageContext, msg_type: str) -> Logger:
@@ -160,9 +162,15 @@ class RequestService:
     async def _answer(
         self, msg: Msg, msg_type: str, ctx: MessageContext
     ) -> tuple[bytes, tuple[str, str] | None]:
-        """The reply, and the error code and message when it is a refusal."""
+        """The reply, and the error code and message when it is a refusal.
+
+        The route is called from here, not from a helper coroutine: every coroutine
+        between the task and the store is re-entered on each resume, and the command
+        path's chain was ten deep (about 4 µs a command more than four, measured).
+        """
         try:
-            data = await self._dispatch(msg, msg_type, ctx)
+            route, body = self._decode(msg, msg_type)
+            result = await route.call(body, ctx)
         except CodedError as exc:
             trace.get_current_span().record_exception(exc)
             _log(ctx, msg_type).warning("{} refused: {} ({})", msg_type, exc.code, exc.message)
@@ -182,9 +190,10 @@ class RequestService:
             _log(ctx, msg_type).exception("{} failed", msg_type)
             message = "internal error; see the service log"
             return replies.error(replies.INTERNAL_ERROR, message), (replies.INTERNAL_ERROR, message)
-        return replies.ok(data), None
+        return replies.ok(result if route.data is None else route.data(result)), None
 
-    async def _dispatch(self, msg: Msg, msg_type: str, ctx: MessageContext) -> Any:
+    def _decode(self, msg: Msg, msg_type: str) -> tuple[Route, BaseModel]:
+        """The route and the validated body of a request, or the refusal to send."""
         if len(msg.data) > self._max_payload:
             raise RequestError(
                 replies.PAYLOAD_TOO_LARGE,
@@ -212,4 +221,4 @@ class RequestService:
                 f"{msg_type}: {len(errors)} invalid field(s)",
                 [{"loc": list(e["loc"]), "type": e["type"], "msg": e["msg"]} for e in errors],
             ) from None
-        return await route.call(body, ctx)
+        return route, body

@@ -13,15 +13,12 @@ from broker.service import DEFAULT_MAX_PAYLOAD, RequestService, Route
 from broker.subjects import ALL_COMMANDS, ALL_QUERIES, COMMAND_QUEUE, QUERY_QUEUE
 from domain.messages import Query
 from domain.metadata import MessageContext
-from handlers import CommandExecutor, Handler, PaymentProvider, command_handlers
+from handlers import CommandExecutor, Outcome, PaymentProvider, command_handlers
 from projections.queries import QUERY_HANDLERS, QueryHandler
 from telemetry.metrics import COMMAND_METRICS, QUERY_METRICS
 
 
-async def _run_command(
-    executor: CommandExecutor, handler: Handler, cmd: Any, ctx: MessageContext
-) -> dict[str, Any]:
-    outcome = await handler(executor, cmd, ctx)
+def _outcome_data(outcome: Outcome) -> dict[str, Any]:
     return outcome.data
 
 
@@ -39,7 +36,7 @@ def command_service(
     provider: PaymentProvider | None = None,
 ) -> RequestService:
     routes = {
-        type_: Route(model, functools.partial(_run_command, executor, handler))
+        type_: Route(model, functools.partial(handler, executor), data=_outcome_data)
         for type_, (model, handler) in command_handlers(provider).items()
     }
     return RequestService(

@@ -19,18 +19,16 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from domain.catalog import decode_event
 from domain.errors import CodedError
 from domain.event_store import (
-    AppendResult,
     EventStore,
-    ExpectedRevision,
     NewEvent,
     RecordedEvent,
     StreamState,
@@ -181,6 +179,14 @@ class CommandExecutor:
         its cached state can no longer be trusted."""
         self._cache.pop(stream, None)
 
+    def recent(self, stream: str, max_age: float) -> Any:
+        """The cached state of a stream if the store confirmed it at most ``max_age``
+        seconds ago, else None: :meth:`load` without a coroutine, for the common case."""
+        snap = self._cached(stream)
+        if snap is not None and time.monotonic() - snap.checked <= max_age:
+            return snap.state
+        return None
+
     async def load(self, stream: str, new_state: Callable[[], A], *, max_age: float = 0.0) -> A:
         """The state of a stream for a read-only use, such as pricing an order.
 
@@ -188,9 +194,8 @@ class CommandExecutor:
         (by a read, or by an append from this process) is used without asking the store
         again: another process's change may then be seen up to ``max_age`` late.
         """
-        snap = self._cached(stream)
-        if snap is not None and time.monotonic() - snap.checked <= max_age:
-            cached: A = snap.state
+        cached: A | None = self.recent(stream, max_age)
+        if cached is not None:
             return cached
         async with self._lock(stream):
             snap = self._cached(stream) or _Snapshot(new_state())
@@ -205,11 +210,61 @@ class CommandExecutor:
         result: Callable[[A], dict[str, Any]],
         ctx: MessageContext,
     ) -> Outcome:
-        # The lock inline, not ``self._lock``: this runs once per command.
+        # One coroutine for the lock, the decisions and the append: each coroutine between
+        # the service's task and the store is re-entered whenever the task resumes.
         turn = self._enter(stream)
         try:
             async with turn.lock:
-                return await self._execute(stream, new_state, decide, result, ctx)
+                snap = self._cached(stream)
+                # Not cached: decide on a new, empty state without reading. A command that
+                # makes a stream (the usual case here: a new order) then costs one append;
+                # if the stream exists after all, the append expecting none fails and we
+                # read it, as after any conflict, and a refusal or a no-op is checked
+                # against a read before it stands.
+                blind = snap is None
+                if snap is None:
+                    snap = _Snapshot(new_state())
+                fresh = False
+                # The blind guess is not an attempt: a stream that exists gets them all.
+                for attempt in range(self.max_attempts + blind):
+                    if ctx.id in snap.caused:
+                        revision = snap.caused[ctx.id]
+                        data = await self._result_at(stream, snap, revision, new_state, result)
+                        return Outcome(data, [], duplicate=True)
+                    try:
+                        events = decide(snap.state)
+                    except CodedError:
+                        if fresh:
+                            raise
+                        snap, fresh = await self._refresh(stream, snap), True
+                        continue
+                    if not events:
+                        if fresh:
+                            return Outcome(result(snap.state), [])
+                        snap, fresh = await self._refresh(stream, snap), True
+                        continue
+                    expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
+                    try:
+                        # The stored metadata points at the append's span, so the relay's
+                        # publish of each event continues the trace from there.
+                        with self._append_span(stream) as span:
+                            batch = self._new_events(events, ctx, tracing.traceparent_of(span))
+                            appended = await self.store.append(stream, batch, expected)
+                    except WrongExpectedRevision:
+                        if snap.checked != -math.inf:  # a real race, not a stream never read
+                            self.conflicts += 1
+                            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                        snap, fresh = await self._refresh(stream, snap), True
+                        continue
+                    for e in events:
+                        count(event_stored, e.TYPE)
+                        snap.state.apply(e)
+                    snap.revision = appended.revision
+                    snap.caused[ctx.id] = appended.revision
+                    snap.checked = time.monotonic()
+                    self._remember(stream, snap)
+                    return Outcome(result(snap.state), events)
+                raise ConcurrencyConflict(stream, self.max_attempts)
         except CodedError:
             raise  # a refusal wrote nothing: the cached state is still right
         except BaseException:
@@ -219,63 +274,8 @@ class CommandExecutor:
         finally:
             self._leave(stream, turn)
 
-    async def _execute(
-        self,
-        stream: str,
-        new_state: Callable[[], A],
-        decide: Callable[[A], list[Event]],
-        result: Callable[[A], dict[str, Any]],
-        ctx: MessageContext,
-    ) -> Outcome:
-        snap = self._cached(stream)
-        # Not cached: decide on a new, empty state without reading. A command that makes a
-        # stream (the usual case here: a new order) then costs one append; if the stream
-        # exists after all, the append expecting none fails and we read it, as after any
-        # conflict, and a refusal or a no-op is checked against a read before it stands.
-        blind = snap is None
-        if snap is None:
-            snap = _Snapshot(new_state())
-        fresh = False
-        # The blind guess is not one of the attempts: a stream that exists still gets them all.
-        for attempt in range(self.max_attempts + blind):
-            if ctx.id in snap.caused:
-                data = await self._result_at(stream, snap, snap.caused[ctx.id], new_state, result)
-                return Outcome(data, [], duplicate=True)
-            try:
-                events = decide(snap.state)
-            except CodedError:
-                if fresh:
-                    raise
-                snap, fresh = await self._refresh(stream, snap), True
-                continue
-            if not events:
-                if fresh:
-                    return Outcome(result(snap.state), [])
-                snap, fresh = await self._refresh(stream, snap), True
-                continue
-            expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
-            try:
-                appended = await self._append(stream, events, expected, ctx)
-            except WrongExpectedRevision:
-                if snap.checked != -math.inf:  # a real race, not a stream we never read
-                    self.conflicts += 1
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                snap, fresh = await self._refresh(stream, snap), True
-                continue
-            for e in events:
-                snap.state.apply(e)
-            snap.revision = appended.revision
-            snap.caused[ctx.id] = appended.revision
-            snap.checked = time.monotonic()
-            self._remember(stream, snap)
-            return Outcome(result(snap.state), events)
-        raise ConcurrencyConflict(stream, self.max_attempts)
-
-    async def _append(
-        self, stream: str, events: list[Event], expected: ExpectedRevision, ctx: MessageContext
-    ) -> AppendResult:
-        """Append under a span of its own; the stored metadata points at that span, so the
-        relay's publish of each event continues the trace from here."""
+    def _append_span(self, stream: str) -> AbstractContextManager[Span]:
+        """The span of one append: a leaf, nothing is traced inside it."""
         attributes = (
             {
                 "db.system.name": self.store_system,
@@ -285,18 +285,18 @@ class CommandExecutor:
             if tracing.enabled()
             else None
         )
-        with tracing.leaf("eventstore.append", kind=SpanKind.CLIENT, attributes=attributes) as span:
-            traceparent = tracing.traceparent_of(span) or ctx.traceparent
-            metadata = event_metadata(ctx, self.source, traceparent=traceparent)
-            # The serializer itself: bytes at once, without model_dump_json's str and wrapper.
-            batch = [
-                NewEvent(e.TYPE, type(e).__pydantic_serializer__.to_json(e), metadata)
-                for e in events
-            ]
-            appended = await self.store.append(stream, batch, expected)
-        for e in events:
-            count(event_stored, e.TYPE)
-        return appended
+        return tracing.leaf("eventstore.append", kind=SpanKind.CLIENT, attributes=attributes)
+
+    def _new_events(
+        self, events: list[Event], ctx: MessageContext, traceparent: str | None
+    ) -> list[NewEvent]:
+        """The events as stored, with the command's cause and (when given, the append
+        span's) trace in their metadata."""
+        metadata = event_metadata(ctx, self.source, traceparent=traceparent)
+        # The serializer itself: bytes at once, without model_dump_json's str and wrapper.
+        return [
+            NewEvent(e.TYPE, type(e).__pydantic_serializer__.to_json(e), metadata) for e in events
+        ]
 
     async def _result_at(
         self,

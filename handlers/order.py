@@ -14,6 +14,7 @@ from domain import product as p
 from domain.metadata import MessageContext
 from domain.money import format_money
 from handlers.executor import CommandExecutor, Outcome
+from telemetry import tracing
 
 
 def order_view(state: o.Order) -> dict[str, Any]:
@@ -49,13 +50,26 @@ PRICE_MAX_AGE = 1.0
 async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> Outcome:
     """Prices come from the product streams; the order records them."""
     ids = sorted({line.product_id for line in cmd.items})
+    catalogue: dict[str, p.Product] = {}
+    for pid in ids:
+        product = ex.recent(p.stream_name(pid), PRICE_MAX_AGE)
+        if product is not None:
+            catalogue[pid] = product
+    if len(catalogue) < len(ids):
+        missing = [pid for pid in ids if pid not in catalogue]
 
-    def load(pid: str) -> Awaitable[p.Product]:
-        return ex.load(p.stream_name(pid), functools.partial(p.Product, pid), max_age=PRICE_MAX_AGE)
+        def load(pid: str) -> Awaitable[p.Product]:
+            return ex.load(
+                p.stream_name(pid), functools.partial(p.Product, pid), max_age=PRICE_MAX_AGE
+            )
 
-    # One product needs no task of its own; several are read side by side.
-    products = [await load(ids[0])] if len(ids) == 1 else await asyncio.gather(*map(load, ids))
-    catalogue = dict(zip(ids, products, strict=True))
+        # One product needs no task of its own; several are read side by side.
+        loaded = (
+            [await load(missing[0])]
+            if len(missing) == 1
+            else await asyncio.gather(*map(load, missing))
+        )
+        catalogue.update(zip(missing, loaded, strict=True))
     outcome = await ex.execute(
         o.stream_name(cmd.order_id),
         lambda: o.Order(cmd.order_id),
@@ -63,15 +77,16 @@ async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> 
         order_view,
         ctx,
     )
-    span = trace.get_current_span()
-    if span.is_recording():
-        facts = {
-            "order.id": cmd.order_id,
-            "order.total": outcome.data["total"],
-            "items_count": len(cmd.items),
-        }
-        span.set_attributes(facts)
-        span.add_event("order_processed", facts | {"duplicate": outcome.duplicate})
+    if tracing.enabled():
+        span = trace.get_current_span()
+        if span.is_recording():
+            facts = {
+                "order.id": cmd.order_id,
+                "order.total": outcome.data["total"],
+                "items_count": len(cmd.items),
+            }
+            span.set_attributes(facts)
+            span.add_event("order_processed", facts | {"duplicate": outcome.duplicate})
     return outcome
 
 
