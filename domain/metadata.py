@@ -82,10 +82,10 @@ def event_metadata(ctx: MessageContext, source: str, traceparent: str | None = N
     traceparent = traceparent or ctx.traceparent
     if traceparent:
         meta["traceparent"] = traceparent
-        parts = traceparent.split("-")
-        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-            meta["$traceId"] = _kurrent_hex(parts[1])
-            meta["$spanId"] = _kurrent_hex(parts[2])
+        # ``00-<32 hex>-<16 hex>-<2 hex>``, by position: this runs for every traced append.
+        if len(traceparent) == 55 and traceparent[2] == traceparent[35] == traceparent[52] == "-":
+            meta["$traceId"] = _kurrent_hex(traceparent[3:35])
+            meta["$spanId"] = _kurrent_hex(traceparent[36:52])
     if ctx.tracestate:
         meta["tracestate"] = ctx.tracestate
     if ctx.baggage:

@@ -81,7 +81,8 @@ class SpanBatcher(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
-        if self._shutdown or context is None or not context.trace_flags.sampled:
+        # ``trace_flags & 1`` is ``trace_flags.sampled`` without a property call per span.
+        if self._shutdown or context is None or not context.trace_flags & 1:
             return
         queue = self._queue
         if len(queue) >= self.max_queue_size:

@@ -28,6 +28,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import Attributes
 
+from telemetry.current_span import current_span_or_none
+
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -46,21 +48,40 @@ def valid_span_context(
     return context
 
 
-class LeanSpan(trace.Span):
+def _current_span() -> trace.Span:
+    """``trace.get_current_span()``, without its ABC ``isinstance`` check when the current
+    span is one of ours: a leaf span looks its parent up this way on every command."""
+    current = current_span_or_none()
+    if type(current) is LeanSpan:
+        return current
+    if current is None:
+        return trace.INVALID_SPAN
+    return trace.get_current_span()
+
+
+class LeanSpan(trace.Span, ReadableSpan):
+    """A span that is its own ``ReadableSpan``: it fills the fields the SDK's exporters
+    read (the same names) and hands itself to the processors when it ends, instead of
+    copying itself into one. Changes after the end are ignored, as the SDK's span does."""
+
     __slots__ = (
         "_attributes",
         "_context",
-        "_end",
-        "_events",
+        "_end_time",
         "_kind",
         "_name",
         "_parent",
-        "_start",
-        "_status",
+        "_start_time",
         "_trace_hex",
-        "_traceparent",
         "_tracer",
     )
+
+    # What most spans never change, shared until one does (kept in that span's __dict__).
+    _status: Status = _UNSET
+    _events: Sequence[Event] = ()
+    _links: Sequence[Link] = ()
+    _traceparent: str | None = None
+    _instrumentation_info = None
 
     def __init__(
         self,
@@ -72,19 +93,25 @@ class LeanSpan(trace.Span):
         attributes: Attributes,
         trace_hex: str | None = None,
     ) -> None:
+        # ReadableSpan.__init__ is not called: it would build a Resource for nothing.
         self._tracer = tracer
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
         self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
-        self._events: list[Event] = []
-        self._status = _UNSET
-        self._start = time.time_ns()
-        self._end: int | None = None
-        self._traceparent: str | None = None
+        self._start_time = time.time_ns()
+        self._end_time: int | None = None
         #: The trace id in hex, handed down from a parent that had it formatted already.
         self._trace_hex = trace_hex
+
+    @property
+    def resource(self) -> Resource:
+        return self._tracer.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._tracer.scope
 
     @property
     def traceparent(self) -> str:
@@ -94,7 +121,7 @@ class LeanSpan(trace.Span):
         has it: two spans a command, these strings were 4 µs of a traced one."""
         traceparent = self._traceparent
         if traceparent is None:
-            c = self._context
+            c: SpanContext = self._context  # type: ignore[assignment]  # never None here
             trace_hex = self._trace_hex
             if trace_hex is None:
                 trace_hex = self._trace_hex = c.trace_id.to_bytes(16).hex()
@@ -105,34 +132,38 @@ class LeanSpan(trace.Span):
         return traceparent
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self._context  # type: ignore[return-value]  # never None here
 
     def is_recording(self) -> bool:
-        return self._end is None
+        return self._end_time is None
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self._end is None:
+        if self._end_time is None:
             self._attributes.update(attributes)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self._end is None:
+        if self._end_time is None:
             self._attributes[key] = value
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self._end is None:
-            self._events.append(Event(name, attributes, timestamp or time.time_ns()))
+        if self._end_time is None:
+            event = Event(name, attributes, timestamp or time.time_ns())
+            if isinstance(self._events, list):
+                self._events.append(event)
+            else:
+                self._events = [event]
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         """Links are not used by ordermesh; accepted and dropped."""
 
     def update_name(self, name: str) -> None:
-        if self._end is None:
+        if self._end_time is None:
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self._end is not None:
+        if self._end_time is not None:
             return
         if isinstance(status, StatusCode):
             status = Status(status, description)
@@ -158,26 +189,11 @@ class LeanSpan(trace.Span):
         self.add_event("exception", details, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end is not None:
+        if self._end_time is not None:
             return
-        self._end = end_time or time.time_ns()
-        self._tracer.finished(
-            ReadableSpan(
-                self._name,
-                self._context,
-                self._parent,
-                self._tracer.resource,
-                self._attributes,
-                tuple(self._events),
-                (),
-                self._kind,
-                None,
-                self._status,
-                self._start,
-                self._end,
-                self._tracer.scope,
-            )
-        )
+        self._end_time = end_time or time.time_ns()
+        for processor in self._tracer.processors:
+            processor.on_end(self)
 
 
 class LeanTracer(trace.Tracer):
@@ -198,12 +214,8 @@ class LeanTracer(trace.Tracer):
         self.resource = resource
         self.sampler = sampler
         self.scope = scope
-        self._processors = tuple(processors)
+        self.processors = tuple(processors)
         self._parent_based = parent_based
-
-    def finished(self, span: ReadableSpan) -> None:
-        for processor in self._processors:
-            processor.on_end(span)
 
     def start_span(
         self,
@@ -230,7 +242,7 @@ class LeanTracer(trace.Tracer):
         span), with no OpenTelemetry ``Context`` built unless a sampler needs one."""
         trace_hex = None
         if parent is None:
-            current = trace.get_current_span()
+            current = _current_span()
             parent = current.get_span_context()
             if type(current) is LeanSpan:
                 trace_hex = current._trace_hex

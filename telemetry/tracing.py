@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any
 
 from loguru import logger
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
@@ -33,6 +32,7 @@ from opentelemetry.trace import (
 )
 
 from telemetry.batching import SpanBatcher
+from telemetry.current_span import make_current, restore
 from telemetry.spans import LeanSpan, LeanTracer
 
 INSTRUMENTATION = "ordermesh"
@@ -230,7 +230,7 @@ class _Scope:
     def __enter__(self) -> Span:
         self._span = self._tracer.start(self._name, self._context, self._kind, self._attributes)
         if self._current:
-            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+            self._token = make_current(self._span)
         return self._span
 
     def __exit__(
@@ -243,7 +243,7 @@ class _Scope:
             self._span.record_exception(exc)
             self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         if self._current:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+            restore(self._token)
         self._span.end()
 
 

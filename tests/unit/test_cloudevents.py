@@ -49,6 +49,10 @@ def test_event_metadata_keeps_cause_and_trace_for_kurrentdb_clients() -> None:
     assert meta["traceparent"] == TRACEPARENT
     assert meta["$traceId"] == "0xaf7651916cd43dd8448eb211c80319c"
     assert meta["$spanId"] == "0xb7ad6b7169203331"
+    # A traceparent of another shape is kept as it came, without ids read out of it.
+    for odd in (TRACEPARENT + "-future", TRACEPARENT.replace("-", "_"), "00-ab-cd-01"):
+        meta = json.loads(event_metadata(ctx, "ordermesh.command", traceparent=odd))
+        assert meta["traceparent"] == odd and "$traceId" not in meta and "$spanId" not in meta
 
 
 def test_event_headers() -> None:
