@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes
 
 from telemetry.current_span import current_span_or_none
@@ -33,30 +33,6 @@ from telemetry.current_span import current_span_or_none
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-
-
-def valid_span_context(
-    trace_id: int, span_id: int, flags: TraceFlags, trace_state: TraceState | None
-) -> SpanContext:
-    """``SpanContext(trace_id, span_id, False, flags, trace_state)`` for ids known to be
-    valid (non-zero random bits, or a valid parent's), without the constructor's checks:
-    a ``SpanContext`` is a tuple of these six (a test holds the two equal)."""
-    state = DEFAULT_TRACE_STATE if trace_state is None else trace_state
-    context: SpanContext = tuple.__new__(
-        SpanContext, (trace_id, span_id, False, flags, state, True)
-    )
-    return context
-
-
-def _current_span() -> trace.Span:
-    """``trace.get_current_span()``, without its ABC ``isinstance`` check when the current
-    span is one of ours: a leaf span looks its parent up this way on every command."""
-    current = current_span_or_none()
-    if type(current) is LeanSpan:
-        return current
-    if current is None:
-        return trace.INVALID_SPAN
-    return trace.get_current_span()
 
 
 class LeanSpan(trace.Span, ReadableSpan):
@@ -82,6 +58,7 @@ class LeanSpan(trace.Span, ReadableSpan):
     _links: Sequence[Link] = ()
     _traceparent: str | None = None
     _instrumentation_info = None
+    _context: SpanContext  # never None, unlike a ReadableSpan's
 
     def __init__(
         self,
@@ -121,7 +98,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         has it: two spans a command, these strings were 4 µs of a traced one."""
         traceparent = self._traceparent
         if traceparent is None:
-            c: SpanContext = self._context  # type: ignore[assignment]  # never None here
+            c = self._context
             trace_hex = self._trace_hex
             if trace_hex is None:
                 trace_hex = self._trace_hex = c.trace_id.to_bytes(16).hex()
@@ -132,7 +109,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         return traceparent
 
     def get_span_context(self) -> SpanContext:
-        return self._context  # type: ignore[return-value]  # never None here
+        return self._context
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -242,10 +219,14 @@ class LeanTracer(trace.Tracer):
         span), with no OpenTelemetry ``Context`` built unless a sampler needs one."""
         trace_hex = None
         if parent is None:
-            current = _current_span()
-            parent = current.get_span_context()
+            # The current span, read inline: a leaf span does this on every command.
+            current = current_span_or_none()
             if type(current) is LeanSpan:
-                trace_hex = current._trace_hex
+                parent, trace_hex = current._context, current._trace_hex
+            elif current is None:
+                parent = trace.INVALID_SPAN_CONTEXT
+            else:
+                parent = trace.get_current_span().get_span_context()
         span_id = random.getrandbits(64) or 1
         # A SpanContext is a tuple: unpacked once instead of five property calls.
         parent_trace_id, _, _, parent_flags, parent_state, parent_valid = parent
@@ -261,7 +242,13 @@ class LeanTracer(trace.Tracer):
                 return trace.NonRecordingSpan(
                     SpanContext(trace_id, span_id, False, _NOT_SAMPLED, trace_state)
                 )
-            context = valid_span_context(trace_id, span_id, _SAMPLED, trace_state)
+            # ``SpanContext(trace_id, span_id, False, _SAMPLED, trace_state)`` without the
+            # constructor's checks (the ids are non-zero random bits or a valid parent's):
+            # a SpanContext is a tuple of these six; a test holds the two equal.
+            context: SpanContext = tuple.__new__(
+                SpanContext,
+                (trace_id, span_id, False, _SAMPLED, trace_state or DEFAULT_TRACE_STATE, True),
+            )
             return LeanSpan(self, name, context, parent_context, kind, attributes, trace_hex)
         ctx = (
             trace.set_span_in_context(trace.NonRecordingSpan(parent))

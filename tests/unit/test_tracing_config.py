@@ -123,14 +123,21 @@ def test_sampling_follows_the_sampler_and_the_parent(
 def test_a_span_context_built_without_checks_equals_the_checked_one() -> None:
     from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-    from telemetry.spans import valid_span_context
-
-    for state in (None, TraceState([("k", "v")])):
-        fast = valid_span_context(7, 9, TraceFlags(1), state)
-        checked = SpanContext(7, 9, False, TraceFlags(1), state)
-        assert fast == checked and type(fast) is SpanContext
-        assert (fast.trace_id, fast.span_id, fast.is_remote, fast.is_valid) == (7, 9, False, True)
-        assert fast.trace_state == checked.trace_state
+    tracing.configure_tracing(
+        "s",
+        processors=[SimpleSpanProcessor(InMemorySpanExporter())],
+        environ={"OTEL_TRACES_SAMPLER": "always_on"},
+    )
+    for tracestate in (None, "k=v"):
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        for traceparent in (parent, None):
+            with tracing.span("x", traceparent=traceparent, tracestate=tracestate) as span:
+                fast = span.get_span_context()
+            state = TraceState([("k", "v")]) if tracestate and traceparent else None
+            checked = SpanContext(fast.trace_id, fast.span_id, False, TraceFlags(1), state)
+            assert fast == checked and type(fast) is SpanContext
+            assert (fast.is_remote, fast.is_valid) == (False, True)
+            assert fast.trace_state == checked.trace_state
 
 
 def test_a_child_names_its_own_span_in_its_parents_trace() -> None:
