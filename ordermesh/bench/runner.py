@@ -42,6 +42,9 @@ class Plan:
     #: bursts better than a few long ones.
     rounds: int
     pair_duration: float
+    #: Alternated pairs of raw JetStream publishing and the relay (each relay round fills
+    #: a store of ``relay_events`` first).
+    relay_rounds: int
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
@@ -54,6 +57,7 @@ class Plan:
                 saga_orders=200,
                 rounds=1,
                 pair_duration=1.0,
+                relay_rounds=1,
             )
         return cls(
             duration=5.0,
@@ -63,6 +67,7 @@ class Plan:
             saga_orders=3_000,
             rounds=9,
             pair_duration=2.0,
+            relay_rounds=5,
         )
 
 
@@ -148,7 +153,16 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 await app.stop()
             client = await connect(server.url)
             try:
-                done(await system.relay_rate(client, root, events=plan.relay_events))
+                done(
+                    await system.relay_vs_raw(
+                        server.url,
+                        client,
+                        root,
+                        events=plan.relay_events,
+                        rounds=plan.relay_rounds,
+                        duration=plan.pair_duration,
+                    )
+                )
             finally:
                 await client.close()
             # A server of its own: EVENTS belongs to one store, and the saga would act on

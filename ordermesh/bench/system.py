@@ -136,6 +136,12 @@ async def command_vs_raw(
         if i % 2 == 1:
             baseline = await raw.request_reply(url, concurrency=concurrency, duration=duration)
         pairs.append((baseline, measured))
+    return paired(pairs)
+
+
+def paired(pairs: list[tuple[Result, Result]]) -> Result:
+    """The median of the measured rounds, with the median of the (baseline, measured)
+    pairs' ratios as its ratio, and every round in its JSON."""
     result = middle_result([m for _, m in pairs])
     result.ratio = middle([m.value / b.value for b, m in pairs])
     result.extra |= {
@@ -262,9 +268,26 @@ async def read_model_latency(
     ]
 
 
-async def relay_rate(nc: NATS, store_dir: Path, *, events: int) -> Result:
-    """Events/s from a pre-filled store into an empty EVENTS stream."""
-    store = await SQLiteEventStore.open(store_dir / "relay-bench.db")
+async def relay_vs_raw(
+    url: str, nc: NATS, store_dir: Path, *, events: int, rounds: int, duration: float
+) -> Result:
+    """The relay's rate, with its ratio taken against raw JetStream publishing (256 in
+    flight) measured right before or after it, ``rounds`` times, as for the commands: raw
+    JetStream measured minutes earlier in the run had moved by half on a busy machine."""
+    pairs: list[tuple[Result, Result]] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            baseline = await raw.jetstream_publish(url, in_flight=256, duration=duration)
+        measured = await relay_rate(nc, store_dir / f"relay-bench-{i}.db", events=events)
+        if i % 2 == 1:
+            baseline = await raw.jetstream_publish(url, in_flight=256, duration=duration)
+        pairs.append((baseline, measured))
+    return paired(pairs)
+
+
+async def relay_rate(nc: NATS, db: Path, *, events: int) -> Result:
+    """Events/s from a pre-filled store (a new file at ``db``) into an empty EVENTS stream."""
+    store = await SQLiteEventStore.open(db)
     data = json.dumps(
         {
             "order_id": "o-x",

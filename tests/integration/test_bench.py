@@ -35,6 +35,7 @@ PAIRED = {
     "command.product.restock.c64",
     "command.order.place.c64",
     "tracing.on.product.restock.c64",
+    "relay.store_to_jetstream",
 }
 
 
@@ -67,7 +68,7 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
             pairs = sorted(case["pair_ratios"])
             assert case["ratio"] == pytest.approx(pairs[len(pairs) // 2], rel=1e-2, abs=1e-3)
             assert len(pairs) == len(case["rounds"])
-            if name.startswith("command."):
+            if name.startswith(("command.", "relay.")):
                 assert len(case["raw_rounds"]) == len(pairs)
         elif baseline is not None:
             expected_ratio = case["value"] / cases[baseline]["value"]
