@@ -24,6 +24,7 @@ from domain.product import Product, Quantity
 from domain.shipping import ShippingAddress
 
 OrderStatus = Literal["pending", "confirmed", "cancelled"]
+_ZERO = Decimal("0.00")
 
 
 def stream_name(order_id: str) -> str:
@@ -164,7 +165,7 @@ class Order:
             )
             for line in cmd.items
         ]
-        total = sum((line.line_total for line in lines), Decimal("0.00"))
+        total = sum((line.line_total for line in lines), _ZERO)
         if total > MAX_AMOUNT:
             raise AmountTooLarge(
                 f"order {self.order_id!r} would total {total}; the limit is {MAX_AMOUNT}",

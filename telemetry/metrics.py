@@ -155,6 +155,9 @@ def observe(
     """``histogram.labels(*labels).observe(seconds)``, with an exemplar at most every
     :data:`EXEMPLAR_INTERVAL` per series."""
     series = histogram.labels(*labels)
+    if trace_id is None and not enabled():
+        series.observe(seconds)  # no trace to name: no exemplar to throttle
+        return
     now = time.monotonic()
     if now - series.last_exemplar >= EXEMPLAR_INTERVAL:
         attached = exemplar(trace_id)
