@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test bench lint typecheck format clean tools
+.PHONY: up test bench bench-instructions lint typecheck format clean tools
 
 # promtool (Debian's prometheus package) checks the /metrics exposition in the tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -45,3 +45,11 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/ordermesh bench --json bench-results.json
+
+# Instructions per command, counted by valgrind: what a change is worth when the
+# machine's speed is too noisy to show it (docs/performance.md).
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
+	$(BIN)/python -m ordermesh.bench.instructions

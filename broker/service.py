@@ -100,7 +100,7 @@ class RequestService:
     async def _on_msg(self, msg: Msg) -> None:
         # Waiting here is the back-pressure: NATS buffers for us while we are full.
         await self._slots.acquire()
-        task = asyncio.create_task(self._handle(msg))
+        task = asyncio.create_task(self.handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -108,7 +108,8 @@ class RequestService:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
+        """Answer one request; the subscription runs this in a task per message."""
         started = time.perf_counter()
         ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)

@@ -49,14 +49,14 @@ class LeanSpan(trace.Span, ReadableSpan):
         "_parent",
         "_start_time",
         "_trace_hex",
+        "_traceparent",
         "_tracer",
     )
 
-    # What most spans never change, shared until one does (kept in that span's __dict__).
+    # What most spans never change, shared until one does (then kept in its __dict__).
     _status: Status = _UNSET
     _events: Sequence[Event] = ()
     _links: Sequence[Link] = ()
-    _traceparent: str | None = None
     _instrumentation_info = None
     _context: SpanContext  # never None, unlike a ReadableSpan's
 
@@ -81,6 +81,9 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._end_time: int | None = None
         #: The trace id in hex, handed down from a parent that had it formatted already.
         self._trace_hex = trace_hex
+        # A slot, not a shared default: nearly every span is named by its traceparent,
+        # and the first field set outside the slots makes the span a __dict__.
+        self._traceparent: str | None = None
 
     @property
     def resource(self) -> Resource:

@@ -412,6 +412,16 @@ class _Discard(SpanExporter):
         pass
 
 
+def trace_everything() -> None:
+    """Tracing as the bench measures it: every span sampled, batched by the services' own
+    processor, and discarded. ``shutdown_tracing()`` turns it off again."""
+    configure_tracing(
+        "ordermesh-bench",
+        processors=[SpanBatcher(_Discard())],
+        environ={"OTEL_TRACES_SAMPLER": "always_on"},
+    )
+
+
 async def tracing_cost(
     nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 3
 ) -> list[Result]:
@@ -429,11 +439,7 @@ async def tracing_cost(
                 )
             )
             return
-        configure_tracing(
-            "ordermesh-bench",
-            processors=[SpanBatcher(_Discard())],
-            environ={"OTEL_TRACES_SAMPLER": "always_on"},
-        )
+        trace_everything()
         try:
             on.append(
                 await command_rate(
