@@ -39,16 +39,20 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def decode_context(subject: str, headers: Mapping[str, str] | None) -> MessageContext:
-    """Attributes of an incoming message; blanks become a new id, the subject's type, …"""
+def decode_context(
+    subject: str, headers: Mapping[str, str] | None, *, subject_type: str | None = None
+) -> MessageContext:
+    """Attributes of an incoming message; blanks become a new id, the subject's type, …
+    (``subject_type``: that type, when the caller has it already)."""
     if not headers:  # a plain `nats req`: nothing to look up
         message_id = new_id()
-        return MessageContext(message_id, type_from_subject(subject), "unknown", message_id)
+        type_ = subject_type or type_from_subject(subject)
+        return MessageContext(message_id, type_, "unknown", message_id)
     h = headers
     message_id = h.get(H_ID) or new_id()
     return MessageContext(
         id=message_id,
-        type=h.get(H_TYPE) or type_from_subject(subject),
+        type=h.get(H_TYPE) or subject_type or type_from_subject(subject),
         source=h.get(H_SOURCE) or "unknown",
         time=h.get(H_TIME),
         correlation_id=h.get(H_CORRELATION) or message_id,

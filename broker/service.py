@@ -111,8 +111,8 @@ class RequestService:
     async def handle(self, msg: Msg) -> None:
         """Answer one request; the subscription runs this in a task per message."""
         started = time.perf_counter()
-        ctx = decode_context(msg.subject, msg.headers)
         msg_type = type_from_subject(msg.subject)
+        ctx = decode_context(msg.subject, msg.headers, subject_type=msg_type)
         # Only registered types become label values and span names: a client must not
         # be able to mint new time series (or put an id in a span name).
         label = msg_type if msg_type in self._routes else UNKNOWN

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from domain.metadata import MessageContext
 from domain.product import ChangePrice, CreateProduct, Product, Restock
 from handlers import CommandExecutor, ConcurrencyConflict
 from handlers import product as product_handlers
+from handlers.executor import _Turn
 from infra.eventstore.sqlite import SQLiteEventStore
 
 
@@ -248,3 +251,90 @@ async def test_a_recent_state_is_trusted_for_reads_only_within_max_age(
     # An unknown stream is always read, whatever the age allowed.
     missing = await a.load("product-q", lambda: Product("q"), max_age=60)
     assert not missing.exists and counting.reads == 2
+
+
+class GatedStore:
+    """Holds every append until the gate opens, recording which ones have started."""
+
+    def __init__(self, inner: SQLiteEventStore) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.started: list[str] = []
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_revision: ExpectedRevision
+    ) -> AppendResult:
+        self.started.append(json.loads(events[0].metadata)["causation_id"])
+        await self.gate.wait()
+        return await self.inner.append(stream, events, expected_revision)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+async def _created(store: SQLiteEventStore) -> None:
+    create = CreateProduct(product_id="p", name="n", price="1.00", stock=0)  # type: ignore[arg-type]
+    await product_handlers.create(CommandExecutor(store), create, ctx("c0"))
+
+
+async def test_commands_on_one_stream_take_turns_in_arrival_order(
+    store: SQLiteEventStore,
+) -> None:
+    await _created(store)
+    gated = GatedStore(store)
+    ex = CommandExecutor(gated)  # type: ignore[arg-type]
+    runs = [
+        asyncio.create_task(
+            product_handlers.restock(ex, Restock(product_id="p", quantity=1), ctx(f"r{i}"))
+        )
+        for i in range(5)
+    ]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert gated.started == ["r0"]  # the others wait for their turn, not for the store
+    gated.gate.set()
+    outcomes = await asyncio.gather(*runs)
+    assert gated.started == [f"r{i}" for i in range(5)]
+    assert [o.data["stock"] for o in outcomes] == [1, 2, 3, 4, 5]
+    assert ex.conflicts == 0 and not ex._turns
+
+
+async def test_a_cancelled_command_waiting_its_turn_does_not_hold_up_the_stream(
+    store: SQLiteEventStore,
+) -> None:
+    await _created(store)
+    gated = GatedStore(store)
+    ex = CommandExecutor(gated)  # type: ignore[arg-type]
+
+    def restock(i: int) -> asyncio.Task[Any]:
+        return asyncio.create_task(
+            product_handlers.restock(ex, Restock(product_id="p", quantity=1), ctx(f"r{i}"))
+        )
+
+    first, second, third = restock(0), restock(1), restock(2)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    second.cancel()
+    gated.gate.set()
+    assert (await first).data["stock"] == 1
+    assert (await third).data["stock"] == 2
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert gated.started == ["r0", "r2"] and not ex._turns
+
+
+async def test_a_turn_handed_to_a_cancelled_waiter_goes_on_to_the_next() -> None:
+    turn = _Turn()
+    assert turn.take() and not turn.take()
+    first = asyncio.create_task(turn.wait())
+    second = asyncio.create_task(turn.wait())
+    await asyncio.sleep(0)  # both waiting
+    turn.give_back()  # handed to the first...
+    first.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(5):  # not passed on, it would wait for ever
+        await second  # the first passed it on
+    assert turn.taken
+    turn.give_back()
+    assert not turn.taken
