@@ -63,12 +63,6 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return parts[1]
 
 
-def _kurrent_hex(hex_id: str) -> str:
-    """KurrentDB's clients write ids as ``f"{int:#x}"`` (``0x`` prefix, no zero padding);
-    the same string, without the round trip through an int."""
-    return "0x" + (hex_id.lower().lstrip("0") or "0")
-
-
 def event_metadata(ctx: MessageContext, source: str, traceparent: str | None = None) -> bytes:
     """Metadata stored with every event a command caused: its cause and its trace.
 
@@ -84,8 +78,9 @@ def event_metadata(ctx: MessageContext, source: str, traceparent: str | None = N
         meta["traceparent"] = traceparent
         # ``00-<32 hex>-<16 hex>-<2 hex>``, by position: this runs for every traced append.
         if len(traceparent) == 55 and traceparent[2] == traceparent[35] == traceparent[52] == "-":
-            meta["$traceId"] = _kurrent_hex(traceparent[3:35])
-            meta["$spanId"] = _kurrent_hex(traceparent[36:52])
+            # KurrentDB's clients write ids as ``f"{int:#x}"``: ``0x``, no zero padding.
+            meta["$traceId"] = "0x" + (traceparent[3:35].lower().lstrip("0") or "0")
+            meta["$spanId"] = "0x" + (traceparent[36:52].lower().lstrip("0") or "0")
     if ctx.tracestate:
         meta["tracestate"] = ctx.tracestate
     if ctx.baggage:

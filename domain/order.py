@@ -146,11 +146,13 @@ class Order:
             raise OrderAlreadyExists(
                 f"order {self.order_id!r} already exists", order_id=self.order_id
             )
-        missing = sorted(
-            {line.product_id for line in cmd.items}
-            - {pid for pid, p in catalogue.items() if p.exists}
-        )
-        if missing:
+        unknown = {
+            line.product_id
+            for line in cmd.items
+            if (product := catalogue.get(line.product_id)) is None or not product.exists
+        }
+        if unknown:
+            missing = sorted(unknown)
             raise ProductNotFound(f"unknown product(s): {', '.join(missing)}", product_ids=missing)
         # Every value below is already valid (a validated command, prices as stored), so
         # the models are built without validating again, which was most of placing an

@@ -218,7 +218,7 @@ class _Scope:
         name: str,
         context: SpanContext | None,
         kind: SpanKind,
-        attributes: Mapping[str, Any] | None,
+        attributes: dict[str, Any] | None,
         *,
         current: bool = True,
     ) -> None:
@@ -268,12 +268,13 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     traceparent: str | None = None,
     tracestate: str | None = None,
-    attributes: Mapping[str, Any] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> AbstractContextManager[Span]:
     """A current span, child of ``traceparent`` when given, else of the current span.
 
     Exceptions are recorded and mark the span as failed; with tracing off this returns
-    a shared no-op and costs one attribute lookup.
+    a shared no-op and costs one attribute lookup. ``attributes`` becomes the span's
+    own dict, not a copy (here and in ``leaf`` and ``start_span``): build it per span.
     """
     if _tracer is None:
         return _OFF
@@ -282,7 +283,7 @@ def span(
 
 
 def leaf(
-    name: str, *, kind: SpanKind, attributes: Mapping[str, Any] | None = None
+    name: str, *, kind: SpanKind, attributes: dict[str, Any] | None = None
 ) -> AbstractContextManager[Span]:
     """A child of the current span that is not made current itself, for work with
     nothing traced inside it (an append): ``span`` without the context switch."""
@@ -304,7 +305,7 @@ def start_span(
     kind: SpanKind,
     traceparent: str | None,
     tracestate: str | None = None,
-    attributes: Mapping[str, Any] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> Span | None:
     """A span that is not made current, for work that ends in a callback (a publish
     ended by its ack). Without ``traceparent`` it is a child of the current span. None

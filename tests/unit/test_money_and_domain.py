@@ -70,6 +70,25 @@ def test_unknown_product_refuses_changes() -> None:
     assert info.value.details == {"product_id": "ghost"}
 
 
+def test_an_order_names_every_unknown_product_in_order() -> None:
+    known = created()  # p-1
+    cmd = PlaceOrder(
+        order_id="o-1",
+        customer_id="c",
+        items=[
+            OrderLine(product_id="p-3", quantity=1),
+            OrderLine(product_id="p-1", quantity=1),
+            OrderLine(product_id="p-2", quantity=1),
+        ],
+    )
+    # p-2 has a stream entry that was never created; p-3 is not in the catalogue at all.
+    catalogue = {"p-1": known, "p-2": Product("p-2")}
+    with pytest.raises(ProductNotFound) as info:
+        Order("o-1").place(cmd, catalogue)
+    assert info.value.details == {"product_ids": ["p-2", "p-3"]}
+    assert Order("o-1").place(cmd.model_copy(update={"items": cmd.items[1:2]}), catalogue)
+
+
 def test_reservation_and_release() -> None:
     product = created(stock=3)
     with pytest.raises(InsufficientStock) as info:
