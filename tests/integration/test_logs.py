@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ordermesh.app import App
 from ordermesh.logs import configure_logging
-from tests.conftest import request
+from tests.conftest import eventually, request
 from tests.integration.test_saga import create_product
 from tests.integration.test_traces import client_request, only
 
@@ -63,6 +63,14 @@ async def test_successful_messages_log_nothing_at_info(
     traced_app: App, nc: NATS, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await create_product(nc, "p-1", 1000)
+
+    async def projected() -> bool:
+        reply = await request(nc, "queries.product.get", {"product_id": "p-1"})
+        return bool(reply["ok"])
+
+    # The read model is eventually consistent: a query right after the create may refuse
+    # (and log that it did) before the product is projected.
+    await eventually(projected)
     capsys.readouterr()
     configure_logging("ordermesh-test", fmt="json", level="INFO")
     try:
