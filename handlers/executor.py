@@ -250,65 +250,64 @@ class CommandExecutor:
         result: Callable[[A], dict[str, Any]],
         ctx: MessageContext,
     ) -> Outcome:
-        # One coroutine for the lock, the decisions and the append: each coroutine between
+        # One coroutine for the turn, the decisions and the append: each coroutine between
         # the service's task and the store is re-entered whenever the task resumes.
         turn = self._enter(stream)
+        held = False
         try:
             if not turn.take():
                 await turn.wait()
-            try:
-                snap = self._cached(stream)
-                # Not cached: decide on a new, empty state without reading. A command that
-                # makes a stream (the usual case here: a new order) then costs one append;
-                # if the stream exists after all, the append expecting none fails and we
-                # read it, as after any conflict, and a refusal or a no-op is checked
-                # against a read before it stands.
-                blind = snap is None
-                if snap is None:
-                    snap = _Snapshot(new_state())
-                fresh = False
-                # The blind guess is not an attempt: a stream that exists gets them all.
-                for attempt in range(self.max_attempts + blind):
-                    if ctx.id in snap.caused:
-                        revision = snap.caused[ctx.id]
-                        data = await self._result_at(stream, snap, revision, new_state, result)
-                        return Outcome(data, [], duplicate=True)
-                    try:
-                        events = decide(snap.state)
-                    except CodedError:
-                        if fresh:
-                            raise
-                        snap, fresh = await self._refresh(stream, snap), True
-                        continue
-                    if not events:
-                        if fresh:
-                            return Outcome(result(snap.state), [])
-                        snap, fresh = await self._refresh(stream, snap), True
-                        continue
-                    expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
-                    try:
-                        # The stored metadata points at the append's span, so the relay's
-                        # publish of each event continues the trace from there.
-                        with self._append_span(stream) as span:
-                            batch = self._new_events(events, ctx, tracing.traceparent_of(span))
-                            appended = await self.store.append(stream, batch, expected)
-                    except WrongExpectedRevision:
-                        if snap.checked != -math.inf:  # a real race, not a stream never read
-                            self.conflicts += 1
-                            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                        snap, fresh = await self._refresh(stream, snap), True
-                        continue
-                    for e in events:
-                        count(event_stored, e.TYPE)
-                        snap.state.apply(e)
-                    snap.revision = appended.revision
-                    snap.caused[ctx.id] = appended.revision
-                    snap.checked = time.monotonic()
-                    self._remember(stream, snap)
-                    return Outcome(result(snap.state), events)
-                raise ConcurrencyConflict(stream, self.max_attempts)
-            finally:
-                turn.give_back()
+            held = True
+            snap = self._cached(stream)
+            # Not cached: decide on a new, empty state without reading. A command that
+            # makes a stream (the usual case here: a new order) then costs one append;
+            # if the stream exists after all, the append expecting none fails and we
+            # read it, as after any conflict, and a refusal or a no-op is checked
+            # against a read before it stands.
+            blind = snap is None
+            if snap is None:
+                snap = _Snapshot(new_state())
+            fresh = False
+            # The blind guess is not an attempt: a stream that exists gets them all.
+            for attempt in range(self.max_attempts + blind):
+                if ctx.id in snap.caused:
+                    revision = snap.caused[ctx.id]
+                    data = await self._result_at(stream, snap, revision, new_state, result)
+                    return Outcome(data, [], duplicate=True)
+                try:
+                    events = decide(snap.state)
+                except CodedError:
+                    if fresh:
+                        raise
+                    snap, fresh = await self._refresh(stream, snap), True
+                    continue
+                if not events:
+                    if fresh:
+                        return Outcome(result(snap.state), [])
+                    snap, fresh = await self._refresh(stream, snap), True
+                    continue
+                expected = snap.revision if snap.revision >= 0 else StreamState.NO_STREAM
+                try:
+                    # The stored metadata points at the append's span, so the relay's
+                    # publish of each event continues the trace from there.
+                    with self._append_span(stream) as span:
+                        batch = self._new_events(events, ctx, tracing.traceparent_of(span))
+                        appended = await self.store.append(stream, batch, expected)
+                except WrongExpectedRevision:
+                    if snap.checked != -math.inf:  # a real race, not a stream never read
+                        self.conflicts += 1
+                        await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                    snap, fresh = await self._refresh(stream, snap), True
+                    continue
+                for e in events:
+                    count(event_stored, e.TYPE)
+                    snap.state.apply(e)
+                snap.revision = appended.revision
+                snap.caused[ctx.id] = appended.revision
+                snap.checked = time.monotonic()
+                self._remember(stream, snap)
+                return Outcome(result(snap.state), events)
+            raise ConcurrencyConflict(stream, self.max_attempts)
         except CodedError:
             raise  # a refusal wrote nothing: the cached state is still right
         except BaseException:
@@ -316,6 +315,8 @@ class CommandExecutor:
             self.forget(stream)
             raise
         finally:
+            if held:
+                turn.give_back()
             self._leave(stream, turn)
 
     def _append_span(self, stream: str) -> AbstractContextManager[Span]:

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError as JsNotFoundError
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.connection import connect
+from broker.connection import connect, request_served
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
 from ordermesh.config import Settings
@@ -66,10 +65,6 @@ async def app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[
         await application.stop()
 
 
-#: Sends of one request that ``request`` lets come back "no responders" before the last.
-NO_RESPONDERS_RETRIES = 20
-
-
 async def request(
     client: NATS,
     subject: str,
@@ -78,22 +73,10 @@ async def request(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Send like ``nats req`` would: a JSON body (or raw bytes), optional headers.
-
-    Now and then nats-server answers "no responders" to the first request after a
-    responder subscribed and flushed (the bench's raw baseline meets it too, see
-    ``ordermesh.bench.raw.answered``): such a request is sent again after a round trip, a
-    bounded number of times, so a service that is really missing still fails.
-    """
+    """Send like ``nats req`` would: a JSON body (or raw bytes), optional headers; sent
+    again on a first "no responders" (``broker.connection.request_served``)."""
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    for _ in range(NO_RESPONDERS_RETRIES):
-        try:
-            reply = await client.request(subject, payload, timeout=timeout, headers=headers)
-            break
-        except NoRespondersError:
-            await client.flush()
-    else:
-        reply = await client.request(subject, payload, timeout=timeout, headers=headers)
+    reply = await request_served(client, subject, payload, timeout=timeout, headers=headers)
     decoded: dict[str, Any] = json.loads(reply.data)
     return decoded
 

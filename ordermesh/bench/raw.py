@@ -12,24 +12,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StorageType, StreamConfig
 
-from broker.connection import connect
+from broker.connection import connect, request_served
 from ordermesh.bench.measure import Result, closed_loop
 
 BODY = b"x" * 200
 DRAIN_TIMEOUT = 10.0
-
-
-async def answered(client: NATS, subject: str, attempts: int = 50) -> None:
-    """Wait until a request on ``subject`` gets an answer. Now and then the first
-    requests after a new responder subscribed (and flushed) still come back "no
-    responders" here; measuring should not start, or fail, on that."""
-    for _ in range(attempts - 1):
-        try:
-            await client.request(subject, BODY, timeout=5)
-            return
-        except nats.errors.NoRespondersError:
-            await client.flush()
-    await client.request(subject, BODY, timeout=5)
 
 
 async def request_reply(url: str, *, concurrency: int, duration: float) -> Result:
@@ -42,7 +29,8 @@ async def request_reply(url: str, *, concurrency: int, duration: float) -> Resul
 
         await responder.subscribe("bench.raw.echo", cb=echo)
         await responder.flush()
-        await answered(client, "bench.raw.echo")
+        # Measuring should not start, or fail, on a first "no responders".
+        await request_served(client, "bench.raw.echo", BODY, timeout=5, attempts=50)
 
         async def op(_: int) -> None:
             await client.request("bench.raw.echo", BODY, timeout=5)

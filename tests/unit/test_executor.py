@@ -277,20 +277,32 @@ async def _created(store: SQLiteEventStore) -> None:
     await product_handlers.create(CommandExecutor(store), create, ctx("c0"))
 
 
+async def _restocks_queued(
+    ex: CommandExecutor, gated: GatedStore, count: int
+) -> list[asyncio.Task[Any]]:
+    """``count`` restocks of product p (ids r0, r1, …), started in that order; returns once
+    every one has reached the stream's turn and an append has reached the gate."""
+    runs = [
+        asyncio.create_task(
+            product_handlers.restock(ex, Restock(product_id="p", quantity=1), ctx(f"r{i}"))
+        )
+        for i in range(count)
+    ]
+    for _ in range(1000):
+        turn = ex._turns.get("product-p")
+        if turn is not None and turn.users == count and gated.started:
+            return runs
+        await asyncio.sleep(0)
+    raise AssertionError("the restocks never all reached the stream's turn")
+
+
 async def test_commands_on_one_stream_take_turns_in_arrival_order(
     store: SQLiteEventStore,
 ) -> None:
     await _created(store)
     gated = GatedStore(store)
     ex = CommandExecutor(gated)  # type: ignore[arg-type]
-    runs = [
-        asyncio.create_task(
-            product_handlers.restock(ex, Restock(product_id="p", quantity=1), ctx(f"r{i}"))
-        )
-        for i in range(5)
-    ]
-    for _ in range(10):
-        await asyncio.sleep(0)
+    runs = await _restocks_queued(ex, gated, 5)
     assert gated.started == ["r0"]  # the others wait for their turn, not for the store
     gated.gate.set()
     outcomes = await asyncio.gather(*runs)
@@ -305,15 +317,7 @@ async def test_a_cancelled_command_waiting_its_turn_does_not_hold_up_the_stream(
     await _created(store)
     gated = GatedStore(store)
     ex = CommandExecutor(gated)  # type: ignore[arg-type]
-
-    def restock(i: int) -> asyncio.Task[Any]:
-        return asyncio.create_task(
-            product_handlers.restock(ex, Restock(product_id="p", quantity=1), ctx(f"r{i}"))
-        )
-
-    first, second, third = restock(0), restock(1), restock(2)
-    for _ in range(10):
-        await asyncio.sleep(0)
+    first, second, third = await _restocks_queued(ex, gated, 3)
     second.cancel()
     gated.gate.set()
     assert (await first).data["stock"] == 1
@@ -328,7 +332,8 @@ async def test_a_turn_handed_to_a_cancelled_waiter_goes_on_to_the_next() -> None
     assert turn.take() and not turn.take()
     first = asyncio.create_task(turn.wait())
     second = asyncio.create_task(turn.wait())
-    await asyncio.sleep(0)  # both waiting
+    await asyncio.sleep(0)  # one turn of the loop: each task runs to its wait
+    assert turn._waiters is not None and len(turn._waiters) == 2
     turn.give_back()  # handed to the first...
     first.cancel()  # ...which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
