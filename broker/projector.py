@@ -41,7 +41,13 @@ from broker.tasks import cancel_and_wait
 from domain.event_store import RecordedEvent
 from projections.base import Checkpoint, Projection, advance, apply_batch, checkpoint
 from telemetry import tracing
-from telemetry.metrics import event_processing, observe, projection_lag
+from telemetry.metrics import (
+    event_processing,
+    observe,
+    projection_backlog,
+    projection_lag,
+    projection_position,
+)
 
 T = TypeVar("T")
 
@@ -154,9 +160,17 @@ class Projector:
         names = [p.name for p in self.projections]
         return await self._db.run(lambda db: min(checkpoint(db, n) for n in names))
 
+    async def _report_positions(self) -> None:
+        """Each projection's checkpointed position, as a gauge, before the first batch."""
+        names = [p.name for p in self.projections]
+        positions = await self._db.run(lambda db: [checkpoint(db, n).position for n in names])
+        for name, position in zip(names, positions, strict=True):
+            projection_position.labels(name).set(position)
+
     async def _run(self) -> None:
         while True:
             try:
+                await self._report_positions()
                 cp = await self.checkpoint()
                 # After EVENTS was recreated its sequences restart: read it all, skip by
                 # position. (Until the relay recreates it, this fails and is retried.)
@@ -218,6 +232,8 @@ class Projector:
             lag = max(0.0, time.time() - batch[-1].recorded_at.timestamp())
             for projection in self.projections:
                 projection_lag.labels(projection.name).set(lag)
+                projection_position.labels(projection.name).set(batch[-1].position)
+        projection_backlog.labels(self.name).set(msgs[-1].metadata.num_pending)
         if self.on_commit is not None:
             self.on_commit(batch)
 

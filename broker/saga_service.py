@@ -26,7 +26,7 @@ from projections.base import CHECKPOINT_SCHEMA
 from sagas import inbox
 from sagas.order_fulfillment import SAGA_TYPE, stream_name
 from sagas.policy import SagaPolicy
-from sagas.runner import SagaRunner
+from sagas.runner import SagaRunner, declare_metrics
 from telemetry.context import handling
 from telemetry.metrics import saga_active
 
@@ -94,6 +94,7 @@ class SagaService:
         return len(self._owed)
 
     async def start(self) -> None:
+        declare_metrics()
         for row in await self._db.run(inbox.pending):
             self._enqueue(row.event, trigger_context(row.event_id, row.metadata))
         if self._owed:

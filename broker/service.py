@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker import replies
 from broker.cloudevents import decode_context
+from broker.ping import PingResponder
 from broker.replies import RequestError
 from broker.subjects import type_from_subject
 from domain.errors import CodedError, Unresponsive
@@ -82,18 +83,26 @@ class RequestService:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
+        #: Answers ``$SRV.PING.ordermesh-<name>``: readiness is a request that came back.
+        self.ping = PingResponder(nc, f"ordermesh-{name}")
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._pattern, queue=self._queue, cb=self._on_msg)
+        await self.ping.start()
         # A round trip, so the server knows the subscription before we say we are ready.
         await self._nc.flush()
         logger.info("{} service serving {} (queue {})", self.name, self._pattern, self._queue)
+
+    async def ready(self) -> bool:
+        """Whether requests reach this service through the server now."""
+        return self._sub is not None and await self.ping.answers()
 
     async def stop(self) -> None:
         """Stop taking requests, then let those in flight finish and reply."""
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+        await self.ping.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

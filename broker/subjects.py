@@ -78,6 +78,15 @@ def stream_id(stream: str) -> str:
     return stream.split("-", 1)[-1]
 
 
+#: NATS service discovery (the "micro" protocol): ``nats micro ping`` asks here.
+SERVICE_PING = "$SRV.PING"
+
+
+def ping_subjects(service: str, instance: str) -> tuple[str, str, str]:
+    """Where a service instance answers pings: all services, this service, this instance."""
+    return (SERVICE_PING, f"{SERVICE_PING}.{service}", f"{SERVICE_PING}.{service}.{instance}")
+
+
 def dlq_subject(subject: str) -> str:
     return DLQ_PREFIX + subject
 

@@ -37,7 +37,7 @@ from domain.event_store import (
 from domain.messages import Event
 from domain.metadata import MessageContext, event_metadata, parse_metadata
 from telemetry import tracing
-from telemetry.metrics import count, event_stored
+from telemetry.metrics import appended_position, count, event_stored
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CACHE_SIZE = 10_000
@@ -303,6 +303,7 @@ class CommandExecutor:
                     count(event_stored, e.TYPE)
                     snap.state.apply(e)
                 snap.revision = appended.revision
+                appended_position.offer(appended.position)
                 snap.caused[ctx.id] = appended.revision
                 snap.checked = time.monotonic()
                 self._remember(stream, snap)

@@ -11,10 +11,30 @@ from opentelemetry import trace
 
 from domain import order as o
 from domain import product as p
+from domain.errors import CodedError
 from domain.metadata import MessageContext
 from domain.money import format_money
 from handlers.executor import CommandExecutor, Outcome
 from telemetry import tracing
+from telemetry.metrics import count, order_cancelled
+
+#: Codes a saga may cancel an order for besides the domain's own: what a step's reply
+#: can say when no service refused it (``broker.replies``, ``sagas.order_fulfillment``).
+_TRANSPORT_CODES = frozenset(
+    {"timeout", "no_responders", "internal_error", "store_unavailable", "validation_error"}
+)
+
+
+def _codes(cls: type[CodedError]) -> set[str]:
+    return {cls.code}.union(*(_codes(sub) for sub in cls.__subclasses__()))
+
+
+def cancel_reason_label(reason: str) -> str:
+    """The ``reason`` label of a cancellation: an error code, or ``other`` for a reason a
+    client wrote itself (free text would mint a time series per order)."""
+    if reason in _TRANSPORT_CODES or reason in _codes(CodedError):
+        return reason
+    return "other"
 
 
 def order_view(state: o.Order) -> dict[str, Any]:
@@ -91,13 +111,16 @@ async def place(ex: CommandExecutor, cmd: o.PlaceOrder, ctx: MessageContext) -> 
 
 
 async def cancel(ex: CommandExecutor, cmd: o.CancelOrder, ctx: MessageContext) -> Outcome:
-    return await ex.execute(
+    outcome = await ex.execute(
         o.stream_name(cmd.order_id),
         lambda: o.Order(cmd.order_id),
         lambda s: s.cancel(cmd.reason),
         order_view,
         ctx,
     )
+    if outcome.events:  # a resent cancel, or one of a cancelled order, adds nothing
+        count(order_cancelled, cancel_reason_label(cmd.reason))
+    return outcome
 
 
 async def confirm(ex: CommandExecutor, cmd: o.ConfirmOrder, ctx: MessageContext) -> Outcome:

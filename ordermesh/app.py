@@ -21,6 +21,7 @@ from broker.relay import Relay
 from broker.saga_service import SagaService, open_saga_db
 from broker.service import RequestService
 from broker.services import command_service, query_service
+from broker.stream_gauges import StreamGauges
 from domain.event_store import EventStore
 from handlers import CommandExecutor, PaymentProvider
 from infra.eventstore import open_event_store
@@ -53,6 +54,9 @@ class App:
     saga_db: SQLiteWorker | None = None
     metrics: MetricsEndpoint | None = None
     components: list[Component] = field(default_factory=list)
+    #: Every service started and every request service answered a request through the
+    #: server (``/readyz``; ``ordermesh up`` prints its banner only then).
+    started: bool = False
 
     @property
     def service_name(self) -> str:
@@ -94,7 +98,7 @@ class App:
             await self.read_models.run(lambda _db: None)
         observability: list[Component] = [EventLoopLag()]
         if s.metrics_port:
-            self.metrics = MetricsEndpoint(s.metrics_port, s.metrics_host)
+            self.metrics = MetricsEndpoint(s.metrics_port, s.metrics_host, ready=self.ready)
             observability.append(self.metrics)
         for component in observability:
             await component.start()
@@ -103,7 +107,25 @@ class App:
             for component in self._build(name):
                 await component.start()
                 self.components.append(component)
+        await self._until_answering()
+        self.started = True
         logger.info("running {} on {}", ", ".join(self.services), self.nats_url)
+
+    async def _until_answering(self, attempts: int = 50) -> None:
+        """Wait until every request service answers a ping through the server (each
+        try waits up to 2 s), so that "ready" means a client's request will be served."""
+        for component in self.components:
+            if isinstance(component, RequestService):
+                for _ in range(attempts):
+                    if await component.ready():
+                        break
+                else:
+                    raise RuntimeError(f"the {component.name} service does not answer pings")
+
+    def ready(self) -> bool:
+        """Started, and connected to NATS now (read from the endpoint's thread)."""
+        nc = self.nc
+        return self.started and nc is not None and nc.is_connected
 
     def _build(self, name: str) -> list[Component]:
         assert self.nc is not None
@@ -133,12 +155,16 @@ class App:
             return [Relay(self.nc, self.store)]
         if name == "projections":
             assert self.read_models is not None
-            return [Projector(self.nc, self.read_models, all_projections())]
+            return [
+                Projector(self.nc, self.read_models, all_projections()),
+                StreamGauges(self.nc),
+            ]
         assert self.read_models is not None
         return [query_service(self.nc, self.read_models, max_payload=limit)]
 
     async def stop(self) -> None:
         """Stop in reverse order: no new requests first, the server last."""
+        self.started = False
         for component in reversed(self.components):
             with contextlib.suppress(Exception):
                 await component.stop()

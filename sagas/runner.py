@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from sagas.order_fulfillment import (
     SAGA_TYPE,
     STEPS,
     TIMEOUT,
+    UNDO,
     Saga,
     SagaCompleted,
     SagaFailed,
@@ -44,7 +46,16 @@ from sagas.order_fulfillment import (
 from sagas.policy import SagaPolicy
 from telemetry import tracing
 from telemetry.context import handling
-from telemetry.metrics import observe, saga_completed, saga_duration, saga_started
+from telemetry.metrics import (
+    count,
+    observe,
+    saga_compensations,
+    saga_completed,
+    saga_duration,
+    saga_started,
+    saga_step_duration,
+    saga_step_retries,
+)
 
 SOURCE = "ordermesh.saga"
 INVALID_STATE = InvalidState.code
@@ -95,6 +106,19 @@ def undo_command(saga: Saga, action: str) -> Command:
         case "cancel_order":
             return CancelOrder(order_id=saga.order_id, reason=reason)
     raise ValueError(f"unknown compensating action {action!r}")
+
+
+def declare_metrics() -> None:
+    """The saga's series at 0 before anything happens. A counter that first appears at 1
+    shows no increase, so without this the first saga to end after a restart would be
+    invisible to ``increase()`` and ``rate()`` (and to the alerts built on them)."""
+    saga_started.labels(SAGA_TYPE)
+    for status in ("completed", "failed"):
+        saga_completed.labels(SAGA_TYPE, status)
+    for step in STEPS:
+        saga_step_retries.labels(SAGA_TYPE, step)
+    for action in (*UNDO.values(), CANCEL_ORDER):
+        saga_compensations.labels(SAGA_TYPE, action, "done")
 
 
 def _state(saga_id: str) -> Saga:
@@ -222,9 +246,14 @@ class SagaRunner:
             if remaining <= 0:
                 return saga  # the loop comes back here and records the deadline
         command = step_command(saga, step)
+        if attempt > 1:
+            count(saga_step_retries, SAGA_TYPE, step)
         with self._span(step, trigger, saga.saga_id, step=step, attempt=attempt) as span:
             ctx = self._command_ctx(trigger, saga, command, f"{step}:{attempt}")
+            sent = time.perf_counter()
             reply = await self.bus.send(command, ctx, min(policy.attempt_timeout, remaining))
+            # Inside the step's span: its trace id becomes the exemplar.
+            observe(saga_step_duration, time.perf_counter() - sent, SAGA_TYPE, step)
             if reply.ok:
                 return await self._record(
                     saga.saga_id,
@@ -268,6 +297,7 @@ class SagaRunner:
                     saga.saga_id, "confirmed_after_all", trigger, lambda s: s.confirmed_after_all()
                 )
             outcome = "done" if reply.ok else reply.code
+            count(saga_compensations, SAGA_TYPE, action, outcome)
             if not reply.ok:
                 # Retrying cannot help (e.g. the order was confirmed meanwhile): say so loudly.
                 tracing.fail(span, reply.code, reply.message)

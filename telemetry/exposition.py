@@ -1,37 +1,91 @@
-"""The ``/metrics`` endpoint and the event-loop lag probe: one of each per process."""
+"""The process's HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``) and the
+event-loop lag probe: one of each per process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from loguru import logger
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, make_wsgi_app
 
-from broker.tasks import cancel_and_wait
 from telemetry.metrics import event_loop_lag
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
 LAG_INTERVAL = 0.5
+#: A new header list per response: the server appends Content-Length to the one it gets.
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per request: a slow scrape does not hold up a health check."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds: not worth a line each."""
+
+
+def health_app(ready: Callable[[], bool], metrics: WSGIApplication) -> WSGIApplication:
+    """``/healthz``: the process answers. ``/readyz``: ``ready()`` says its services
+    take requests (503 until then, and again while NATS is out of reach). Anything
+    else is prometheus-client's exposition, OpenMetrics included."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            start_response("200 OK", [_TEXT])
+            return [b"ok\n"]
+        if path == "/readyz":
+            if ready():
+                start_response("200 OK", [_TEXT])
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", [_TEXT])
+            return [b"not ready\n"]
+        return metrics(environ, start_response)
+
+    return app
 
 
 class MetricsEndpoint:
-    """prometheus-client's server, in its own thread: it answers a scrape even while the
+    """The endpoint in its own thread: it answers a scrape or a probe even while the
     event loop is busy, and negotiates OpenMetrics (with exemplars) from ``Accept``."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", *, ready: Callable[[], bool] = lambda: True
+    ) -> None:
         self.host = host
         self.port = port
+        self._ready = ready
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        return f"{self.base_url}/metrics"
 
     async def start(self) -> None:
-        self._server, self._thread = start_http_server(self.port, addr=self.host)
-        self.port = self._server.server_port
+        app = health_app(self._ready, make_wsgi_app(REGISTRY))
+        server = make_server(self.host, self.port, app, _Server, _QuietHandler)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="metrics-endpoint", daemon=True
+        )
+        self._thread.start()
+        self._server = server
+        self.port = server.server_port
         logger.info("metrics on {}", self.url)
 
     async def stop(self) -> None:
@@ -57,7 +111,9 @@ class EventLoopLag:
 
     async def stop(self) -> None:
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            self._task.cancel()  # it only sleeps: one cancel ends it
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
             self._task = None
 
     async def _run(self) -> None:

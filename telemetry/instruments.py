@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -166,4 +167,30 @@ class LoopHistogram(_Instrument[HistogramSeries]):
             family.add_metric(values, buckets, total)
             labels = dict(zip(self.labelnames, values, strict=True))
             family.samples.append(Sample(f"{self.name}_created", labels, series.created))
+        yield family
+
+
+class CallbackGauge(Collector):
+    """An unlabelled gauge read from ``read`` when scraped, and absent until something
+    in this process gives it a ``read``, or while ``read`` returns None: a process that
+    runs no relay exports no relay position, rather than a 0 that ``min()`` or a
+    difference would take for a reading."""
+
+    def __init__(
+        self, name: str, documentation: str, registry: CollectorRegistry | None = REGISTRY
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], float | None] | None = None
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation)
+        value = self.read() if self.read is not None else None
+        if value is not None:
+            family.add_metric([], value)
         yield family

@@ -18,6 +18,9 @@ from telemetry.tracing import configure_tracing, shutdown_tracing
 
 
 def _serve(application: App, on_ready: str | None = None) -> None:
+    """Run until SIGINT or SIGTERM. ``application.start`` returns once every request
+    service has answered a request through the server, so the banner means "ready"."""
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -51,6 +54,8 @@ def _banner(application: App) -> None:
         lines.append(f"  NATS monitoring {server.monitor_url}")
     if application.metrics is not None:
         lines.append(f"  metrics         {application.metrics.url}")
+        base = application.metrics.base_url
+        lines.append(f"  health          {base}/healthz  {base}/readyz")
     lines += [
         f"  event store     {s.event_store_url}",
         f"  read models     sqlite:///{s.read_model_path.resolve()}",

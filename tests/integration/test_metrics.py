@@ -4,9 +4,7 @@ real /metrics endpoint; exemplars in OpenMetrics; ``promtool check metrics`` cle
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +16,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from broker.stream_gauges import StreamGauges
 from infra.nats_server import EmbeddedNatsServer, free_port
 from ordermesh.app import SERVICES, App
+from telemetry.metrics import appended_position
 from tests.conftest import FAST, eventually, request, settings_for
 from tests.integration.test_saga import create_product, place, settled
+from tests.stack.tools import require_tool
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -44,9 +45,18 @@ FAMILIES = {
     "ordermesh_relay_lag_seconds": set(),
     "ordermesh_dlq_messages": {"subject"},
     "ordermesh_event_loop_lag_seconds": set(),
+    "ordermesh_eventstore_head_position": set(),
+    "ordermesh_relay_position": set(),
+    "ordermesh_projection_position": {"projection"},
+    "ordermesh_projection_backlog_messages": {"consumer"},
+    "ordermesh_jetstream_stream_messages": {"stream"},
+    "ordermesh_jetstream_stream_bytes": {"stream"},
+    "ordermesh_saga_step_duration_seconds": {"saga_type", "step"},
+    "ordermesh_saga_step_retries": {"saga_type", "step"},
+    "ordermesh_saga_compensations": {"saga_type", "action", "outcome"},
+    "ordermesh_order_cancelled": {"reason"},
 }
 HISTOGRAMS = {name for name in FAMILIES if name.endswith("_seconds") and "lag" not in name}
-HISTOGRAMS.discard("ordermesh_saga_active")
 
 
 @pytest.fixture
@@ -54,6 +64,8 @@ async def metered_app(
     spans: InMemorySpanExporter, nats_server: EmbeddedNatsServer, tmp_path: Path
 ) -> AsyncIterator[App]:
     settings = settings_for(nats_server, tmp_path / "data", saga=FAST, metrics_port=free_port())
+    # A process has one event store; this suite's process has had many, each from 0.
+    appended_position.value = 0
     application = App(settings, SERVICES)
     await application.start()
     try:
@@ -77,6 +89,7 @@ async def workload(app: App, nc: NATS) -> None:
     await create_product(nc, "p-1", 10)
     await place(nc, "o-ok", [("p-1", 1)])
     await place(nc, "o-declined", [("p-1", 1)], payment_method="declined-card")
+    await place(nc, "o-flaky", [("p-1", 1)], payment_method="flaky-card")
     bad = await request(nc, "commands.order.place", {"customer_id": "c-1", "items": []})
     assert bad["error"]["code"] == "validation_error"
     assert (await request(nc, "queries.order.list", {}))["ok"]
@@ -85,6 +98,7 @@ async def workload(app: App, nc: NATS) -> None:
     await nc.jetstream().publish("events.foreign.thing", b"\x00garbage")
     await settled(nc, "o-ok")
     await settled(nc, "o-declined")
+    await settled(nc, "o-flaky")
     assert app.store is not None
     await app.store.read_all(0, 10)
 
@@ -93,6 +107,9 @@ async def workload(app: App, nc: NATS) -> None:
         return bool(info.state.messages >= 2)  # once per consumer: read models and saga
 
     await eventually(dead_lettered)
+    for component in app.components:
+        if isinstance(component, StreamGauges):
+            await component.refresh()  # rather than wait for its next round
 
 
 async def test_every_family_has_samples_with_its_labels_and_exemplars(
@@ -108,6 +125,12 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
     declined = value(
         "ordermesh_command_errors_total", command_type="payment.process", code="payment_declined"
     )
+    saga = {"saga_type": "order_fulfillment"}
+    retries = value("ordermesh_saga_step_retries_total", **saga, step="process_payment")
+    released = value(
+        "ordermesh_saga_compensations_total", **saga, action="release_inventory", outcome="done"
+    )
+    cancelled = value("ordermesh_order_cancelled_total", reason="payment_declined")
 
     await workload(metered_app, nc)
 
@@ -154,11 +177,36 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
     assert any(name.startswith("python_gc_") for name in families)
 
     # Business counts moved by exactly this workload.
-    assert value("ordermesh_saga_started_total", saga_type="order_fulfillment") == started + 2
+    assert value("ordermesh_saga_started_total", saga_type="order_fulfillment") == started + 3
     assert (
         value("ordermesh_saga_completed_total", saga_type="order_fulfillment", status="completed")
-        == done + 1
+        == done + 2
     )
+    # flaky-card fails twice, then pays; declined-card releases its stock and cancels.
+    assert value("ordermesh_saga_step_retries_total", **saga, step="process_payment") == retries + 2
+    assert (
+        value(
+            "ordermesh_saga_compensations_total", **saga, action="release_inventory", outcome="done"
+        )
+        == released + 1
+    )
+    assert value("ordermesh_order_cancelled_total", reason="payment_declined") == cancelled + 1
+    steps = label_values("ordermesh_saga_step_duration_seconds", "step")
+    assert steps == {"reserve_inventory", "process_payment", "arrange_shipping", "confirm_order"}
+    # Every stored event reached JetStream and every projection: the positions agree.
+    head = value("ordermesh_eventstore_head_position")
+    projections = ("products", "orders", "sagas", "saga_inbox")
+
+    async def caught_up() -> bool:
+        positions = [value("ordermesh_projection_position", projection=p) for p in projections]
+        return value("ordermesh_relay_position") == head and positions == [head] * 4
+
+    assert head > 0
+    await eventually(caught_up)
+    assert value("ordermesh_projection_backlog_messages", consumer="products+orders+sagas") == 0
+    assert value("ordermesh_jetstream_stream_messages", stream="DLQ") >= 2
+    assert value("ordermesh_jetstream_stream_messages", stream="EVENTS") > 0
+    assert value("ordermesh_jetstream_stream_bytes", stream="EVENTS") > 0
     assert (
         value("ordermesh_saga_completed_total", saga_type="order_fulfillment", status="failed")
         == failed + 1
@@ -190,11 +238,7 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
 
 
 async def test_promtool_finds_nothing_wrong(metered_app: App, nc: NATS) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("ORDERMESH_REQUIRE_PROMTOOL") == "1":
-            pytest.fail("promtool is required here (make test installs Debian's prometheus)")
-        pytest.skip("promtool not installed (make test installs it)")
+    promtool = require_tool("promtool")
     await workload(metered_app, nc)
     assert metered_app.metrics is not None
     text = await asyncio.to_thread(scrape, metered_app.metrics.url)

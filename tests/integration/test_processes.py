@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,14 @@ async def ordermesh(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.su
             await proc.wait()
 
 
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 async def ready(nc: NATS, subject: str, body: Any) -> bool:
     """A service is up once it answers, whatever the answer."""
     try:
@@ -71,9 +81,14 @@ async def ready(nc: NATS, subject: str, body: Any) -> bool:
 
 
 async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> None:
-    port, monitor = free_port(), free_port()
+    """The banner comes once the services answer: /readyz says so, and a first request
+    on a new connection is served without a retry."""
+    port, monitor, metrics = free_port(), free_port(), free_port()
     env = env_for(
-        tmp_path / "data", ORDERMESH_NATS_PORT=str(port), ORDERMESH_NATS_MONITOR_PORT=str(monitor)
+        tmp_path / "data",
+        ORDERMESH_NATS_PORT=str(port),
+        ORDERMESH_NATS_MONITOR_PORT=str(monitor),
+        ORDERMESH_METRICS_PORT=str(metrics),
     )
     async with ordermesh("up", env=env) as proc:
         assert proc.stdout is not None
@@ -87,9 +102,16 @@ async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> N
         assert f"nats://127.0.0.1:{port}" in text
         assert f"http://127.0.0.1:{monitor}" in text
         assert "events.db" in text and "readmodels.db" in text
+        health = f"http://127.0.0.1:{metrics}"
+        assert f"{health}/healthz  {health}/readyz" in text
+        assert await asyncio.to_thread(http_status, f"{health}/readyz") == 200
+        assert await asyncio.to_thread(http_status, f"{health}/healthz") == 200
         client = await connect(f"nats://127.0.0.1:{port}")
         try:
-            created = await request(client, "commands.product.create", WIDGET)
+            reply = await client.request(
+                "commands.product.create", json.dumps(WIDGET).encode(), timeout=10
+            )
+            created = json.loads(reply.data)
             assert created["ok"], created
         finally:
             await client.close()

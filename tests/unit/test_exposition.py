@@ -1,13 +1,15 @@
-"""The event-loop lag probe reports a loop that was blocked."""
+"""The event-loop lag probe reports a loop that was blocked; the endpoint answers
+health and readiness probes beside the metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import time
 
 from prometheus_client import REGISTRY
 
-from telemetry.exposition import EventLoopLag
+from telemetry.exposition import EventLoopLag, MetricsEndpoint
 
 
 def lag() -> float:
@@ -28,3 +30,28 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
         assert lag() >= 0.2
     finally:
         await probe.stop()
+
+
+async def test_health_and_readiness_are_served_beside_the_metrics() -> None:
+    ready = False
+    endpoint = MetricsEndpoint(0, ready=lambda: ready)
+    await endpoint.start()
+    try:
+
+        def get(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=5)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            finally:
+                conn.close()
+
+        assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(get, "/readyz") == (503, "not ready\n")
+        ready = True
+        assert await asyncio.to_thread(get, "/readyz") == (200, "ready\n")
+        status, body = await asyncio.to_thread(get, "/metrics")
+        assert status == 200 and "ordermesh_event_loop_lag_seconds" in body
+    finally:
+        await endpoint.stop()

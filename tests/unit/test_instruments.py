@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from telemetry.instruments import LoopCounter, LoopHistogram
+from telemetry.instruments import CallbackGauge, LoopCounter, LoopHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 
@@ -64,3 +64,15 @@ def test_wrong_label_count_and_duplicate_names_are_refused() -> None:
         counter.labels("only-one")
     with pytest.raises(ValueError, match="Duplicated"):
         LoopCounter("t_requests", "Again", ["kind"], registry=registry)
+
+
+def test_a_callback_gauge_is_absent_until_something_reads_into_it() -> None:
+    registry = CollectorRegistry()
+    gauge = CallbackGauge("t_position", "Position", registry=registry)
+    assert registry.get_sample_value("t_position") is None
+    position = [0]
+    gauge.read = lambda: position[0] or None
+    assert registry.get_sample_value("t_position") is None  # None: nothing to say yet
+    position[0] = 42
+    assert registry.get_sample_value("t_position") == 42
+    assert "# TYPE t_position gauge" in generate_latest(registry).decode()
