@@ -20,6 +20,7 @@ from loguru import logger
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Span,
@@ -60,9 +61,10 @@ def configure_tracing(
     """Set up tracing for this process; returns the provider, or None when tracing is off.
 
     ``OTEL_SERVICE_NAME`` wins over ``service_name`` (the default, one per ``ordermesh
-    run`` service set). Spans go to an OTLP http/protobuf exporter behind a batch
-    processor when ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set, and the sampler comes
-    from ``OTEL_TRACES_SAMPLER``; ``processors`` replaces the exporter (tests, benchmarks).
+    run`` service set). Spans go to an OTLP exporter (http/protobuf, or gRPC with
+    ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=grpc``) behind a batch processor when
+    ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set, and the sampler comes from
+    ``OTEL_TRACES_SAMPLER``; ``processors`` replaces the exporter (tests, benchmarks).
     """
     global _provider, _tracer
     shutdown_tracing()
@@ -73,14 +75,7 @@ def configure_tracing(
             return None
         if not _endpoint(environ):
             return None
-        protocol = environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        )
-        if protocol not in (None, "", "http/protobuf"):
-            logger.warning("OTLP protocol {!r} is not supported; using http/protobuf", protocol)
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        processors = [SpanBatcher(OTLPSpanExporter(), environ=environ)]
+        processors = [SpanBatcher(otlp_exporter(environ), environ=environ)]
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(
         sampler=sampler_from(environ),
@@ -98,6 +93,36 @@ def configure_tracing(
         parent_based=_KNOWN_DECISIONS.get(_sampler_name(environ)),
     )
     return provider
+
+
+def otlp_protocol(environ: Mapping[str, str]) -> str:
+    """``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else
+    ``http/protobuf`` (the specification's default)."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = environ.get(name, "").strip().lower()
+        if value:
+            return value
+    return "http/protobuf"
+
+
+def otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
+    """The SDK's OTLP exporter for the configured protocol: ``grpc`` (to port 4317; an
+    ``http://`` endpoint means no TLS) or ``http/protobuf`` (to 4318). Each reads its
+    endpoint, headers, timeout and TLS settings from the ``OTEL_EXPORTER_OTLP_*``
+    variables itself. ``http/json``, which the SDK does not implement, falls back to
+    ``http/protobuf`` with a warning."""
+    protocol = otlp_protocol(environ)
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    if protocol != "http/protobuf":
+        logger.warning("OTLP protocol {!r} is not supported; using http/protobuf", protocol)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
 
 
 #: Samplers whose decision is known without asking: parent-based or not.

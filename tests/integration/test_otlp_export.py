@@ -1,32 +1,60 @@
-"""Spans leave the process over real OTLP/HTTP (protobuf) to a receiver in the test."""
+"""Spans leave the process over real OTLP, http/protobuf or gRPC, to a receiver in the
+test that decodes them."""
 
 from __future__ import annotations
 
 import gzip
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
 from nats.aio.client import Client as NATS
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 
 from infra.nats_server import EmbeddedNatsServer
 from tests.conftest import eventually, request
 from tests.integration.test_processes import env_for, ordermesh, ready
+from tests.integration.test_saga import create_product
 
 TRACE_ID = "5bf92f3577b34da6a3ce929d0e0e4731"
 
 
-class Receiver:
-    """A minimal OTLP/HTTP collector: keeps every decoded export request."""
+class Spans:
+    """Every decoded export request a receiver got."""
 
     def __init__(self) -> None:
         self.requests: list[ExportTraceServiceRequest] = []
+
+    def spans(self) -> list[tuple[str, str, str]]:
+        """(service.name, span name, trace id hex) of everything received."""
+        found = []
+        for req in list(self.requests):
+            for rs in req.resource_spans:
+                service = next(
+                    a.value.string_value for a in rs.resource.attributes if a.key == "service.name"
+                )
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        found.append((service, span.name, span.trace_id.hex()))
+        return found
+
+
+class Receiver(Spans):
+    """A minimal OTLP/HTTP collector: keeps every decoded export request."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.paths: list[str] = []
         self.content_types: list[str] = []
         receiver = self
@@ -54,18 +82,21 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
 
-    def spans(self) -> list[tuple[str, str, str]]:
-        """(service.name, span name, trace id hex) of everything received."""
-        found = []
-        for req in self.requests:
-            for rs in req.resource_spans:
-                service = next(
-                    a.value.string_value for a in rs.resource.attributes if a.key == "service.name"
-                )
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        found.append((service, span.name, span.trace_id.hex()))
-        return found
+
+class GrpcReceiver(Spans, TraceServiceServicer):
+    """A minimal OTLP/gRPC collector (grpcio's server and the OTLP service definition)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        add_TraceServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def Export(
+        self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> ExportTraceServiceResponse:
+        self.requests.append(request)
+        return ExportTraceServiceResponse()
 
 
 @pytest.fixture
@@ -116,3 +147,75 @@ async def test_a_service_exports_its_spans_under_its_own_name(
     }
     assert set(receiver.paths) == {"/v1/traces"}
     assert set(receiver.content_types) == {"application/x-protobuf"}
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[GrpcReceiver]:
+    r = GrpcReceiver()
+    r.server.start()
+    try:
+        yield r
+    finally:
+        r.server.stop(grace=None)
+
+
+#: The spans of one placed order whose saga runs to the end, by name (several of some).
+ORDER_SPANS = {
+    "order.place process",
+    "eventstore.append",
+    "order.placed publish",
+    "order.placed process",
+    "order_fulfillment.start",
+    "order_fulfillment.reserve_inventory",
+    "inventory.reserve send",
+    "inventory.reserve process",
+    "order_fulfillment.process_payment",
+    "payment.process process",
+    "order_fulfillment.arrange_shipping",
+    "shipment.arrange process",
+    "order_fulfillment.confirm_order",
+    "order.confirm process",
+    "order.confirmed publish",
+    "order_fulfillment.completed publish",
+}
+
+
+async def test_one_order_is_exported_over_grpc(
+    grpc_receiver: GrpcReceiver, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` sends every span of a placed order, from every
+    service, over OTLP/gRPC to the port given (an ``http://`` endpoint: no TLS)."""
+    env = env_for(
+        tmp_path / "data",
+        ORDERMESH_NATS_URL=nats_server.url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{grpc_receiver.port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    async with ordermesh("run", "command", "relay", "projections", "query", "saga", env=env):
+
+        async def serving() -> bool:
+            return await ready(nc, "commands.product.change_price", {})
+
+        await eventually(serving, timeout=30)
+        await create_product(nc, "p-1", 5)
+        reply = await request(
+            nc,
+            "commands.order.place",
+            {
+                "order_id": "o-1",
+                "customer_id": "c-1",
+                "items": [{"product_id": "p-1", "quantity": 1}],
+            },
+            headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+        )
+        assert reply["ok"], reply
+
+        async def whole_order() -> set[str]:
+            names = {name for _service, name, trace in grpc_receiver.spans() if trace == TRACE_ID}
+            return names if names >= ORDER_SPANS else set()
+
+        names = await eventually(whole_order, timeout=30)
+    assert names >= ORDER_SPANS
+    services = {service for service, _name, trace in grpc_receiver.spans() if trace == TRACE_ID}
+    assert services == {"ordermesh"}  # every service in one process

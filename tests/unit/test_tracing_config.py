@@ -153,3 +153,32 @@ def test_a_child_names_its_own_span_in_its_parents_trace() -> None:
     assert child_traceparent == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01"
     assert child_traceparent[3:35] == parent_traceparent[3:35]
     assert child_traceparent[36:52] != parent_traceparent[36:52]
+
+
+@pytest.mark.parametrize(
+    ("environ", "module"),
+    [
+        ({}, "opentelemetry.exporter.otlp.proto.http.trace_exporter"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "opentelemetry.exporter.otlp.proto.grpc"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            },
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": " GRPC "},
+            "opentelemetry.exporter.otlp.proto.grpc",
+        ),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "opentelemetry.exporter.otlp.proto.http"),
+    ],
+)
+def test_the_protocol_picks_the_exporter(environ: dict[str, str], module: str) -> None:
+    """The traces' own variable wins over the general one; http/protobuf is the default
+    and what an unsupported protocol falls back to."""
+    exporter = tracing.otlp_exporter(environ)
+    try:
+        assert type(exporter).__module__.startswith(module)
+    finally:
+        exporter.shutdown()
