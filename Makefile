@@ -4,14 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test bench bench-instructions lint typecheck format clean tools
+.PHONY: up stack test bench bench-instructions lint typecheck format clean tools
 
-# promtool (Debian's prometheus package) checks the /metrics exposition in the tests.
+# Debian's prometheus gives promtool (checks /metrics, the rules and their unit tests)
+# and a real Prometheus server (the dashboards and alerts proven on live data);
+# docker-compose validates compose.yaml (no container engine is needed for that).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose
 tools:
-	@command -v promtool >/dev/null || { \
+	@missing=$$(for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done \
+		| sort -u); \
+	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,11 +28,22 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/ordermesh up
 
+# The whole monitoring stack in containers (needs Docker with compose).
+stack:
+	docker compose -p ordermesh up -d --build
+	@echo "ordermesh stack is starting:"
+	@echo "  Grafana         http://127.0.0.1:3000  (admin/admin, local use only)"
+	@echo "  Prometheus      http://127.0.0.1:9090"
+	@echo "  Jaeger          http://127.0.0.1:16686"
+	@echo "  NATS monitoring http://127.0.0.1:8222"
+	@echo "  NATS            nats://127.0.0.1:4222"
+	@echo "  KurrentDB       http://127.0.0.1:2113"
+
 test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	ORDERMESH_REQUIRE_PROMTOOL=1 $(BIN)/pytest
+	ORDERMESH_REQUIRE_TOOLS=1 $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
