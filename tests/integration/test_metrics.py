@@ -21,42 +21,18 @@ from infra.nats_server import EmbeddedNatsServer, free_port
 from ordermesh.app import SERVICES, App
 from telemetry.metrics import appended_position
 from tests.conftest import FAST, eventually, request, settings_for
+from tests.contract import ORDERMESH_METRICS
 from tests.integration.test_saga import create_product, place, settled
 from tests.stack.tools import require_tool
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-#: The contract: family → labels every sample of it carries.
+#: The contract (tests/contract.py), by OpenMetrics family name (a counter's without
+#: ``_total``) → the labels every sample of it carries.
 FAMILIES = {
-    "ordermesh_command_dispatched": {"command_type"},
-    "ordermesh_command_errors": {"command_type", "code"},
-    "ordermesh_command_processing_duration_seconds": {"command_type"},
-    "ordermesh_event_stored": {"event_type"},
-    "ordermesh_event_processing_duration_seconds": {"event_type", "consumer"},
-    "ordermesh_query_executed": {"query_type"},
-    "ordermesh_query_errors": {"query_type", "code"},
-    "ordermesh_query_execution_duration_seconds": {"query_type"},
-    "ordermesh_saga_started": {"saga_type"},
-    "ordermesh_saga_completed": {"saga_type", "status"},
-    "ordermesh_saga_duration_seconds": {"saga_type"},
-    "ordermesh_saga_active": {"saga_type"},
-    "ordermesh_eventstore_operation_duration_seconds": {"operation"},
-    "ordermesh_projection_lag_seconds": {"projection"},
-    "ordermesh_relay_lag_seconds": set(),
-    "ordermesh_dlq_messages": {"subject"},
-    "ordermesh_event_loop_lag_seconds": set(),
-    "ordermesh_eventstore_head_position": set(),
-    "ordermesh_relay_position": set(),
-    "ordermesh_projection_position": {"projection"},
-    "ordermesh_projection_backlog_messages": {"consumer"},
-    "ordermesh_jetstream_stream_messages": {"stream"},
-    "ordermesh_jetstream_stream_bytes": {"stream"},
-    "ordermesh_saga_step_duration_seconds": {"saga_type", "step"},
-    "ordermesh_saga_step_retries": {"saga_type", "step"},
-    "ordermesh_saga_compensations": {"saga_type", "action", "outcome"},
-    "ordermesh_order_cancelled": {"reason"},
+    name.removesuffix("_total"): family.labels for name, family in ORDERMESH_METRICS.items()
 }
-HISTOGRAMS = {name for name in FAMILIES if name.endswith("_seconds") and "lag" not in name}
+HISTOGRAMS = {name for name, family in ORDERMESH_METRICS.items() if family.kind == "histogram"}
 
 
 @pytest.fixture

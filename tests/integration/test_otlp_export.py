@@ -111,17 +111,24 @@ def receiver() -> Iterator[Receiver]:
         r.server.server_close()
 
 
-async def test_a_service_exports_its_spans_under_its_own_name(
-    receiver: Receiver, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
-) -> None:
-    env = env_for(
+def exporting(
+    tmp_path: Path, server: EmbeddedNatsServer, port: int, protocol: str
+) -> dict[str, str]:
+    """The environment of a process that exports every span to ``port`` in 50 ms batches."""
+    return env_for(
         tmp_path / "data",
-        ORDERMESH_NATS_URL=nats_server.url,
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        ORDERMESH_NATS_URL=server.url,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         OTEL_TRACES_SAMPLER="always_on",
         OTEL_BSP_SCHEDULE_DELAY="50",
     )
+
+
+async def test_a_service_exports_its_spans_under_its_own_name(
+    receiver: Receiver, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    env = exporting(tmp_path, nats_server, receiver.port, "http/protobuf")
     async with ordermesh("run", "command", env=env):
 
         async def serving() -> bool:
@@ -185,13 +192,7 @@ async def test_one_order_is_exported_over_grpc(
 ) -> None:
     """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` sends every span of a placed order, from every
     service, over OTLP/gRPC to the port given (an ``http://`` endpoint: no TLS)."""
-    env = env_for(
-        tmp_path / "data",
-        ORDERMESH_NATS_URL=nats_server.url,
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{grpc_receiver.port}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-        OTEL_BSP_SCHEDULE_DELAY="50",
-    )
+    env = exporting(tmp_path, nats_server, grpc_receiver.port, "grpc")
     async with ordermesh("run", "command", "relay", "projections", "query", "saga", env=env):
 
         async def serving() -> bool:

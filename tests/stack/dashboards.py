@@ -8,14 +8,13 @@ query against a Prometheus scraping real ordermesh processes) share:
 - ``external_only(expr)``: whether an expression reads only metrics of the NATS exporter
   or of the OpenTelemetry Collector, which the live test cannot run;
 - ``expand(expr)``: an expression with Grafana's variables replaced, ready for Prometheus;
-- the allowed names: the monitoring contract's (``CONTRACT_FAMILIES``), the recording
-  rules (``recording_rules()``), ``EXPORTER_METRICS`` and ``COLLECTOR_METRICS``, each
+- the allowed names: the monitoring contract's (``tests/contract.py``: metric families
+  and recording rules), ``EXPORTER_METRICS`` and ``COLLECTOR_METRICS``, each
   with where its name comes from.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Iterator
@@ -24,12 +23,13 @@ from typing import Any, NamedTuple
 
 import promql_parser
 
+from tests.contract import ORDERMESH_METRICS, PROCESS_METRICS, RECORDING_RULES
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "infra" / "grafana"
 DASHBOARDS_DIR = GRAFANA / "dashboards"
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "datasources.yml"
 PROVIDERS_FILE = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
-RECORDING_RULES_FILE = ROOT / "infra" / "prometheus" / "rules" / "recording.yml"
 
 #: uid -> (file name, title): fixed, links and bookmarks depend on them.
 DASHBOARDS: dict[str, tuple[str, str]] = {
@@ -46,80 +46,6 @@ PROMETHEUS_UID = "prometheus"
 JAEGER_UID = "jaeger"
 
 # --------------------------------------------------------------------------- allowed names
-
-#: The monitoring contract: metric family -> type ("counter" families are named with
-#: their ``_total``; a histogram's series are ``_bucket``, ``_count`` and ``_sum``).
-CONTRACT_FAMILIES: dict[str, str] = {
-    "ordermesh_command_dispatched_total": "counter",
-    "ordermesh_command_errors_total": "counter",
-    "ordermesh_command_processing_duration_seconds": "histogram",
-    "ordermesh_event_stored_total": "counter",
-    "ordermesh_event_processing_duration_seconds": "histogram",
-    "ordermesh_query_executed_total": "counter",
-    "ordermesh_query_errors_total": "counter",
-    "ordermesh_query_execution_duration_seconds": "histogram",
-    "ordermesh_saga_started_total": "counter",
-    "ordermesh_saga_completed_total": "counter",
-    "ordermesh_saga_duration_seconds": "histogram",
-    "ordermesh_saga_active": "gauge",
-    "ordermesh_eventstore_operation_duration_seconds": "histogram",
-    "ordermesh_projection_lag_seconds": "gauge",
-    "ordermesh_relay_lag_seconds": "gauge",
-    "ordermesh_dlq_messages_total": "counter",
-    "ordermesh_event_loop_lag_seconds": "gauge",
-    "ordermesh_eventstore_head_position": "gauge",
-    "ordermesh_relay_position": "gauge",
-    "ordermesh_projection_position": "gauge",
-    "ordermesh_projection_backlog_messages": "gauge",
-    "ordermesh_jetstream_stream_messages": "gauge",
-    "ordermesh_jetstream_stream_bytes": "gauge",
-    "ordermesh_saga_step_duration_seconds": "histogram",
-    "ordermesh_saga_step_retries_total": "counter",
-    "ordermesh_saga_compensations_total": "counter",
-    "ordermesh_order_cancelled_total": "counter",
-    # prometheus-client's default collectors
-    "process_cpu_seconds_total": "counter",
-    "process_resident_memory_bytes": "gauge",
-    "process_open_fds": "gauge",
-    "process_max_fds": "gauge",
-    "process_start_time_seconds": "gauge",
-    "python_gc_collections_total": "counter",
-    "python_gc_objects_collected_total": "counter",
-    "python_info": "gauge",
-    # Prometheus' own series for every target
-    "up": "gauge",
-}
-
-#: The recording rules of the contract, used when ``infra/prometheus/rules/recording.yml``
-#: does not exist (yet); when it does, its ``record:`` names are the truth.
-CONTRACT_RECORDING_RULES: frozenset[str] = frozenset(
-    [
-        "command_type:ordermesh_command_dispatched:rate5m",
-        "command_type:ordermesh_command_errors:ratio_rate5m",
-        "command_type:ordermesh_command_faults:ratio_rate5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p50_5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p95_5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p99_5m",
-        "query_type:ordermesh_query_executed:rate5m",
-        "query_type:ordermesh_query_errors:ratio_rate5m",
-        "query_type:ordermesh_query_faults:ratio_rate5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p50_5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p95_5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p99_5m",
-        "event_type:ordermesh_event_stored:rate5m",
-        "saga_type:ordermesh_saga_failed:ratio_rate10m",
-    ]
-    + [
-        f"slo:ordermesh_command_{kind}:{prefix}{window}"
-        for kind, prefix in (
-            ("faults", "ratio_rate"),
-            ("slow", "ratio_rate"),
-            ("availability", "burn_rate"),
-            ("latency", "burn_rate"),
-        )
-        for window in ("5m", "30m", "1h", "6h")
-    ]
-)
 
 _JSZ = "nats-io/prometheus-nats-exporter collector/jsz.go"
 _VARZ = (
@@ -189,7 +115,7 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 def contract_series_names() -> frozenset[str]:
     """Every series name the contract's families expose (histograms' included)."""
     names: set[str] = set()
-    for family, kind in CONTRACT_FAMILIES.items():
+    for family, (kind, _labels) in (ORDERMESH_METRICS | PROCESS_METRICS).items():
         if kind == "histogram":
             names.update(family + suffix for suffix in _HISTOGRAM_SUFFIXES)
         else:
@@ -197,23 +123,8 @@ def contract_series_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def recording_rules() -> frozenset[str]:
-    """The ``record:`` names of infra/prometheus/rules/recording.yml, or the contract's list
-    while that file does not exist."""
-    if not RECORDING_RULES_FILE.exists():
-        return CONTRACT_RECORDING_RULES
-    yaml: Any = importlib.import_module("yaml")
-    doc = yaml.safe_load(RECORDING_RULES_FILE.read_text()) or {}
-    return frozenset(
-        str(rule["record"])
-        for group in doc.get("groups") or []
-        for rule in group.get("rules") or []
-        if "record" in rule
-    )
-
-
 def allowed_metric_names() -> frozenset[str]:
-    return contract_series_names() | recording_rules() | EXTERNAL_METRICS
+    return contract_series_names() | RECORDING_RULES | EXTERNAL_METRICS
 
 
 # --------------------------------------------------------------------------- dashboards

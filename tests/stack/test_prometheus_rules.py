@@ -17,68 +17,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.contract import ALERTS, RECORDING_RULES, SCRAPE_JOBS
 from tests.stack.tools import INFRA, ROOT, require_tool
 
 PROMETHEUS = INFRA / "prometheus"
 CONFIG = PROMETHEUS / "prometheus.yml"
 RULES = PROMETHEUS / "rules"
 ALERT_RULES = RULES / "alerts.yml"
-RECORDING_RULES = RULES / "recording.yml"
+RECORDING_FILE = RULES / "recording.yml"
 RULE_FILES = sorted(RULES.glob("*.yml"))
 UNIT_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
 
-#: The alert names of the monitoring contract (docs/operations.md has a runbook section each).
-CONTRACT_ALERTS = frozenset(
-    {
-        "HighErrorRate",
-        "SlowResponseTime",
-        "SagaFailureRate",
-        "ProjectionLagHigh",
-        "RelayStalled",
-        "DLQNotEmpty",
-        "ServiceDown",
-        "EventLoopLagHigh",
-        "SagaStuck",
-        "SLOErrorBudgetBurnFast",
-        "SLOErrorBudgetBurnSlow",
-    }
-)
-_SLO_WINDOWS = ("5m", "30m", "1h", "6h")
-#: The recording rules of the contract: dashboards query them by name.
-CONTRACT_RECORDS = frozenset(
-    {
-        "command_type:ordermesh_command_dispatched:rate5m",
-        "command_type:ordermesh_command_errors:ratio_rate5m",
-        "command_type:ordermesh_command_faults:ratio_rate5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p50_5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p95_5m",
-        "command_type:ordermesh_command_processing_duration_seconds:p99_5m",
-        "query_type:ordermesh_query_executed:rate5m",
-        "query_type:ordermesh_query_errors:ratio_rate5m",
-        "query_type:ordermesh_query_faults:ratio_rate5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p50_5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p95_5m",
-        "query_type:ordermesh_query_execution_duration_seconds:p99_5m",
-        "event_type:ordermesh_event_stored:rate5m",
-        "saga_type:ordermesh_saga_failed:ratio_rate10m",
-        *(f"slo:ordermesh_command_faults:ratio_rate{w}" for w in _SLO_WINDOWS),
-        *(f"slo:ordermesh_command_slow:ratio_rate{w}" for w in _SLO_WINDOWS),
-        *(f"slo:ordermesh_command_availability:burn_rate{w}" for w in _SLO_WINDOWS),
-        *(f"slo:ordermesh_command_latency:burn_rate{w}" for w in _SLO_WINDOWS),
-    }
-)
-#: Scrape jobs of the contract → their targets.
-CONTRACT_JOBS = {
-    "ordermesh": {
-        "ordermesh-command:9464",
-        "ordermesh-relay:9464",
-        "ordermesh-saga:9464",
-        "ordermesh-read:9464",
-    },
-    "nats": {"nats-exporter:7777"},
-    "otel-collector": {"otel-collector:8888"},
-    "prometheus": {"localhost:9090"},
-}
 SEVERITIES = frozenset({"critical", "warning"})
 ANNOTATIONS = ("summary", "description", "runbook_url")
 
@@ -164,7 +113,7 @@ def test_config_scrapes_the_contract_jobs_and_loads_both_rule_files() -> None:
         job["job_name"]: {t for group in job["static_configs"] for t in group["targets"]}
         for job in config["scrape_configs"]
     }
-    assert jobs == CONTRACT_JOBS
+    assert jobs == SCRAPE_JOBS
 
 
 def test_every_ordermesh_target_carries_its_service_name() -> None:
@@ -179,16 +128,16 @@ def test_every_ordermesh_target_carries_its_service_name() -> None:
 
 
 def test_every_contract_recording_rule_is_defined() -> None:
-    recorded = [rule["record"] for rule in rules(RECORDING_RULES)]
+    recorded = [rule["record"] for rule in rules(RECORDING_FILE)]
     assert len(recorded) == len(set(recorded)), "a recording rule is defined twice"
-    missing = CONTRACT_RECORDS - set(recorded)
+    missing = RECORDING_RULES - set(recorded)
     assert not missing, f"contract recording rules missing: {sorted(missing)}"
 
 
 def test_alert_names_are_the_contract() -> None:
     names = {rule["alert"] for rule in alert_rules()}
-    assert names - CONTRACT_ALERTS == set(), "alerts outside the contract (no runbook entry)"
-    assert CONTRACT_ALERTS - names == set(), "contract alerts not defined"
+    assert names - ALERTS == set(), "alerts outside the contract (no runbook entry)"
+    assert ALERTS - names == set(), "contract alerts not defined"
 
 
 # --- what every alert carries -------------------------------------------------------------
@@ -241,7 +190,7 @@ def longest_for(alert: str) -> float:
     return max(seconds(rule["for"]) for rule in alert_rules() if rule["alert"] == alert)
 
 
-@pytest.mark.parametrize("alert", sorted(CONTRACT_ALERTS))
+@pytest.mark.parametrize("alert", sorted(ALERTS))
 def test_alert_has_a_firing_and_a_quiet_unit_test(alert: str) -> None:
     cases = [case for case in alert_cases() if case["alertname"] == alert]
     firing = [case for case in cases if case.get("exp_alerts")]
