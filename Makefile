@@ -8,9 +8,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 # Debian's prometheus gives promtool (checks /metrics, the rules and their unit tests)
 # and a real Prometheus server (the dashboards and alerts proven on live data);
-# docker-compose validates compose.yaml (no container engine is needed for that).
+# docker-compose validates compose.yaml (no container engine is needed for that);
+# chromium is the browser Playwright drives through the monitor's page (Playwright
+# cannot download its own here).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose
+TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose \
+	chromium:chromium
 tools:
 	@missing=$$(for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done \
 		| sort -u); \
@@ -32,6 +35,7 @@ up: $(STAMP)
 stack:
 	docker compose -p ordermesh up -d --build
 	@echo "ordermesh stack is starting:"
+	@echo "  monitor         http://127.0.0.1:4000  (GraphQL: /graphql)"
 	@echo "  Grafana         http://127.0.0.1:3000  (admin/admin, local use only)"
 	@echo "  Prometheus      http://127.0.0.1:9090"
 	@echo "  Jaeger          http://127.0.0.1:16686"

@@ -87,6 +87,17 @@ def ping_subjects(service: str, instance: str) -> tuple[str, str, str]:
     return (SERVICE_PING, f"{SERVICE_PING}.{service}", f"{SERVICE_PING}.{service}.{instance}")
 
 
+#: Every process says it is alive here (``broker.heartbeat``); the monitor listens to all.
+HEARTBEAT_PREFIX = "ordermesh.heartbeat."
+ALL_HEARTBEATS = HEARTBEAT_PREFIX + ">"
+
+
+def heartbeat_subject(service: str) -> str:
+    """``ordermesh.heartbeat.<service>``: one subject per service name, not per instance
+    (the instance id travels in the body)."""
+    return HEARTBEAT_PREFIX + service
+
+
 def dlq_subject(subject: str) -> str:
     return DLQ_PREFIX + subject
 

@@ -1,8 +1,9 @@
 """Wires the services to NATS and the stores, for ``up`` (all) or ``run`` (some).
 
 Each service is independent: ``command``, ``relay`` and ``saga`` need the event store,
-``projections`` and ``query`` the read-model database, all of them NATS. Running them
-in one process or many changes nothing but the process count.
+``projections`` and ``query`` the read-model database, all of them NATS; ``api`` (the
+monitor) needs only NATS. Running them in one process or many changes nothing but the
+process count. Every process sends heartbeats, which is how the monitor sees it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from loguru import logger
 from nats.aio.client import Client as NATS
 
 from broker.connection import connect
+from broker.heartbeat import Heartbeat
 from broker.projector import Projector
 from broker.relay import Relay
 from broker.saga_service import SagaService, open_saga_db
@@ -27,12 +29,21 @@ from handlers import CommandExecutor, PaymentProvider
 from infra.eventstore import open_event_store
 from infra.nats_server import EmbeddedNatsServer
 from infra.sqlite_worker import SQLiteWorker
+from ordermesh.api.app import build_app
+from ordermesh.api.dashboard import Dashboard
+from ordermesh.api.events import StoredEventReader
+from ordermesh.api.process import MonitorProcess
+from ordermesh.api.schema import Context
+from ordermesh.api.server import ApiServer
 from ordermesh.config import Settings
+from ordermesh.monitor.broadcaster import Broadcaster
+from ordermesh.monitor.buffer import MessageBuffer
+from ordermesh.monitor.topology import Topology
 from ordermesh.read_models import open_read_models
 from projections import all_projections
 from telemetry.exposition import EventLoopLag, MetricsEndpoint
 
-SERVICES = ("command", "relay", "projections", "query", "saga")
+SERVICES = ("command", "relay", "projections", "query", "saga", "api")
 
 
 class Component(Protocol):
@@ -53,6 +64,10 @@ class App:
     sagas: SagaService | None = None
     saga_db: SQLiteWorker | None = None
     metrics: MetricsEndpoint | None = None
+    #: The monitor's API and what it reads, when the ``api`` service runs here.
+    api: ApiServer | None = None
+    monitor: Context | None = None
+    monitor_process: MonitorProcess | None = None
     components: list[Component] = field(default_factory=list)
     #: Every service started and every request service answered a request through the
     #: server (``/readyz``; ``ordermesh up`` prints its banner only then).
@@ -96,7 +111,11 @@ class App:
         if {"projections", "query"} & set(self.services):
             self.read_models = open_read_models(s.read_model_path)
             await self.read_models.run(lambda _db: None)
-        observability: list[Component] = [EventLoopLag()]
+        observability: list[Component] = [
+            EventLoopLag(),
+            # Every process says it is alive, and what it runs: the monitor's service map.
+            Heartbeat(self.nc, self.service_name, self.services, ready=self.ready),
+        ]
         if s.metrics_port:
             self.metrics = MetricsEndpoint(s.metrics_port, s.metrics_host, ready=self.ready)
             observability.append(self.metrics)
@@ -121,6 +140,20 @@ class App:
                         break
                 else:
                     raise RuntimeError(f"the {component.name} service does not answer pings")
+
+    async def add(self, component: Component) -> None:
+        """Start one more component, stopped with the others (first, being the last)."""
+        await component.start()
+        self.components.append(component)
+        if isinstance(component, MonitorProcess):
+            self.monitor_process = component
+
+    @property
+    def monitor_url(self) -> str | None:
+        """Where the monitor's page is: this process's API, or the monitor process's."""
+        if self.api is not None:
+            return self.api.url
+        return self.monitor_process.url if self.monitor_process is not None else None
 
     def ready(self) -> bool:
         """Started, and connected to NATS now (read from the endpoint's thread)."""
@@ -153,6 +186,20 @@ class App:
         if name == "relay":
             assert self.store is not None
             return [Relay(self.nc, self.store)]
+        if name == "api":
+            buffer = MessageBuffer(capacity=self.settings.monitor_buffer)
+            topology = Topology(buffer, self.nc)
+            self.monitor = Context(
+                nc=self.nc,
+                buffer=buffer,
+                topology=topology,
+                dashboard=Dashboard(),
+                events=StoredEventReader(self.nc),
+            )
+            self.api = ApiServer(
+                build_app(self.monitor), self.settings.api_host, self.settings.api_port
+            )
+            return [Broadcaster(self.nc, buffer), topology, self.api]
         if name == "projections":
             assert self.read_models is not None
             return [
@@ -174,7 +221,9 @@ class App:
             # published and close. (Draining would wait on pull subscriptions' queues.)
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
-            await self.nc.close()
+            # With the server gone, closing can fail half-way: the stores must close anyway.
+            with contextlib.suppress(Exception):
+                await self.nc.close()
             self.nc = None
         if self.store is not None:
             await self.store.close()
@@ -189,3 +238,5 @@ class App:
             await self.nats_server.stop()
             self.nats_server = None
         self.metrics = None
+        self.api = None
+        self.monitor_process = None

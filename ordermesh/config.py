@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="address /metrics binds (0.0.0.0 for a remote scraper)"
     )
+    api_port: int = Field(
+        default=4000, ge=0, le=65535, description="the monitor's page and GraphQL; 0: any free port"
+    )
+    api_host: str = Field(default="127.0.0.1", description="address the monitor binds")
+    monitor_buffer: int = Field(
+        default=1000, ge=1, le=1_000_000, description="messages the monitor keeps"
+    )
     saga: SagaPolicy = Field(
         default_factory=SagaPolicy,
         description="step timeouts and retries, e.g. ORDERMESH_SAGA__PROCESS_PAYMENT__TIMEOUT=60",

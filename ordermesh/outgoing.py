@@ -66,6 +66,7 @@ def build(
     traceparent: str,
     correlation_id: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    source: str = SOURCE,
 ) -> Outgoing:
     """Validate ``text`` as JSON and wrap it; ``traceparent`` is the sending span's."""
     try:
@@ -79,7 +80,7 @@ def build(
     context = MessageContext(
         id=message_id,
         type=type_from_subject(subject),
-        source=SOURCE,
+        source=source,
         correlation_id=correlation_id or message_id,
         subject=aggregate,
         traceparent=traceparent,

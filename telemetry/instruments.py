@@ -123,11 +123,11 @@ class LoopCounter(_Instrument[CounterSeries]):
     def _new_series(self) -> CounterSeries:
         return CounterSeries()
 
-    def _family(self) -> CounterMetricFamily:
+    def _family(self) -> Metric:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, series in list(self._series.items()):
             family.add_metric(values, series.value, created=series.created)
         yield family
@@ -193,4 +193,34 @@ class CallbackGauge(Collector):
         value = self.read() if self.read is not None else None
         if value is not None:
             family.add_metric([], value)
+        yield family
+
+
+class LoopTotal(LoopCounter):
+    """A counter exposed as an untyped ``<name>`` family whose one sample is ``<name>``
+    itself: for a count whose name ends in ``_total`` beside a gauge of the bare name
+    (``ordermesh_websocket_connections`` and ``…_connections_total``), which a counter
+    family of that name would clash with in OpenMetrics. PromQL's ``rate()`` and
+    ``increase()`` read it as they read any counter."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"{name}: a LoopTotal's name ends in _total")
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _family(self) -> Metric:
+        return Metric(self.name, self.documentation, "unknown")
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, series in list(self._series.items()):
+            family.add_sample(
+                self.name, dict(zip(self.labelnames, values, strict=True)), series.value
+            )
         yield family

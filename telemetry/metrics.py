@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from prometheus_client import Gauge
 
-from telemetry.instruments import CallbackGauge
+from telemetry.instruments import CallbackGauge, LoopTotal
 from telemetry.instruments import LoopCounter as Counter
 from telemetry.instruments import LoopHistogram as Histogram
 from telemetry.tracing import current_ids, enabled
@@ -187,6 +187,19 @@ event_loop_lag = Gauge(
     "How late the event loop ran a callback it had scheduled (sampled every 0.5 s)",
 )
 
+monitor_messages = Counter(
+    "ordermesh_monitor_messages",
+    "Messages the live monitor took into its buffer, by topic (commands, events, queries, "
+    "sagas, dlq)",
+    ["topic"],
+)
+monitor_dropped = Counter(
+    "ordermesh_monitor_dropped",
+    "Messages the live monitor did not deliver, by reason (subscriber_full: a subscriber's "
+    "queue was full, so it missed that message rather than slow the feed)",
+    ["reason"],
+)
+
 
 class RequestMetrics(NamedTuple):
     """The RED trio of one request/reply family."""
@@ -250,3 +263,38 @@ class timed:
 
     def __exit__(self, *exc: object) -> None:
         observe(eventstore_duration, time.perf_counter() - self._started, self._operation)
+
+
+graphql_requests = Counter(
+    "ordermesh_graphql_requests",
+    "GraphQL operations, by type (query, mutation, subscription; unknown if unparsable)",
+    ["operation_type"],
+)
+graphql_errors = Counter(
+    "ordermesh_graphql_errors",
+    "GraphQL operations answered with errors (refusals, invalid documents, limits)",
+    ["operation_type"],
+)
+graphql_duration = Histogram(
+    "ordermesh_graphql_duration_seconds",
+    "Time to answer a GraphQL query or mutation (a subscription: to set it up)",
+    ["operation_type"],
+    buckets=LATENCY_BUCKETS,
+)
+websocket_connections = Gauge("ordermesh_websocket_connections", "WebSocket connections open now")
+websocket_connections_total = LoopTotal(
+    "ordermesh_websocket_connections_total",
+    "WebSocket connections, by how they were answered (accepted, rejected)",
+    ["status"],
+)
+websocket_connection_duration = Histogram(
+    "ordermesh_websocket_connection_duration_seconds",
+    "How long an accepted WebSocket connection stayed open",
+    [],
+    buckets=(1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0),
+)
+websocket_messages = Counter(
+    "ordermesh_websocket_messages",
+    "WebSocket messages, by direction (in, out) and graphql-transport-ws message type",
+    ["direction", "type"],
+)

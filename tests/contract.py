@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-Kind = Literal["counter", "gauge", "histogram"]
+Kind = Literal["counter", "gauge", "histogram", "untyped"]
 
 
 class Family(NamedTuple):
@@ -50,6 +50,16 @@ ORDERMESH_METRICS: dict[str, Family] = {
     "ordermesh_saga_step_retries_total": _f("counter", "saga_type", "step"),
     "ordermesh_saga_compensations_total": _f("counter", "saga_type", "action", "outcome"),
     "ordermesh_order_cancelled_total": _f("counter", "reason"),
+    "ordermesh_monitor_messages_total": _f("counter", "topic"),
+    "ordermesh_monitor_dropped_total": _f("counter", "reason"),
+    "ordermesh_graphql_requests_total": _f("counter", "operation_type"),
+    "ordermesh_graphql_errors_total": _f("counter", "operation_type"),
+    "ordermesh_graphql_duration_seconds": _f("histogram", "operation_type"),
+    "ordermesh_websocket_connections": _f("gauge"),
+    # Untyped: a counter family of this name would clash with the gauge's in OpenMetrics.
+    "ordermesh_websocket_connections_total": _f("untyped", "status"),
+    "ordermesh_websocket_connection_duration_seconds": _f("histogram"),
+    "ordermesh_websocket_messages_total": _f("counter", "direction", "type"),
 }
 
 #: prometheus-client's default collectors, and Prometheus's own series for every target.
@@ -115,6 +125,7 @@ SCRAPE_JOBS = {
         "ordermesh-relay:9464",
         "ordermesh-saga:9464",
         "ordermesh-read:9464",
+        "ordermesh-api:9464",
     },
     "nats": {"nats-exporter:7777"},
     "otel-collector": {"otel-collector:8888"},

@@ -128,12 +128,21 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                     rounds=plan.rounds,
                 ):
                     done(r)
+                for r in await system.monitor_cost(
+                    server.url,
+                    client,
+                    products,
+                    concurrency=64,
+                    duration=plan.pair_duration,
+                    rounds=plan.rounds,
+                ):
+                    done(r)
             finally:
                 await client.close()
                 await app.stop()
             # The read side, as `ordermesh up` runs it but without the saga, whose own
             # traffic (several commands and events per order) is measured next.
-            core = tuple(s for s in SERVICES if s != "saga")
+            core = tuple(s for s in SERVICES if s not in ("saga", "api"))
             app = App(Settings(nats_url=server.url, data_dir=root / "data", metrics_port=0), core)
             await app.start()
             runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
@@ -171,7 +180,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             await saga_server.start()
             app = App(
                 Settings(nats_url=saga_server.url, data_dir=root / "saga", metrics_port=0),
-                SERVICES,
+                tuple(s for s in SERVICES if s != "api"),
             )
             await app.start()
             runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started

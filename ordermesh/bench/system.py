@@ -26,6 +26,7 @@ from broker.tasks import cancel_and_wait
 from domain.event_store import NewEvent, RecordedEvent, StreamState
 from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import free_port
+from ordermesh.api.process import MonitorProcess
 from ordermesh.app import App
 from ordermesh.bench import raw
 from ordermesh.bench.measure import (
@@ -345,6 +346,7 @@ async def peak_rss_of_up(*, orders: int, concurrency: int = 64) -> Result:
             "ORDERMESH_DATA_DIR": tmp,
             "ORDERMESH_NATS_PORT": str(port),
             "ORDERMESH_NATS_MONITOR_PORT": str(monitor),
+            "ORDERMESH_API_PORT": "0",
             "LOG_LEVEL": "WARNING",
         }
         exe = str(Path(sys.executable).parent / "ordermesh")
@@ -422,36 +424,40 @@ def trace_everything() -> None:
     )
 
 
-async def tracing_cost(
-    nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 3
+async def on_off_cost(
+    nc: NATS,
+    products: list[str],
+    *,
+    label: str,
+    turn_on: Callable[[], Awaitable[None]],
+    turn_off: Callable[[], Awaitable[None]],
+    target: float,
+    concurrency: int,
+    duration: float,
+    rounds: int = 3,
 ) -> list[Result]:
-    """``product.restock`` with tracing off and on (always-on sampler, batch processor,
-    discarding exporter), alternated so that machine drift hits both alike; every other
-    pair runs "on" first, so that a drift within a pair does not always favour one side."""
+    """``product.restock`` with something off and on, alternated so that machine drift
+    hits both alike; every other pair runs "on" first, so that a drift within a pair does
+    not always favour one side. The ratio is the median pair's."""
     off: list[Result] = []
     on: list[Result] = []
 
-    async def measure(traced: bool) -> None:
-        if not traced:
-            off.append(
-                await command_rate(
-                    nc, "product.restock", products, concurrency=concurrency, duration=duration
-                )
-            )
-            return
-        trace_everything()
+    async def measure(enabled: bool) -> None:
+        if enabled:
+            await turn_on()
         try:
-            on.append(
+            (on if enabled else off).append(
                 await command_rate(
                     nc, "product.restock", products, concurrency=concurrency, duration=duration
                 )
             )
         finally:
-            shutdown_tracing()
+            if enabled:
+                await turn_off()
 
     for i in range(rounds):
-        for tracing_on in (False, True) if i % 2 == 0 else (True, False):
-            await measure(tracing_on)
+        for enabled in (False, True) if i % 2 == 0 else (True, False):
+            await measure(enabled)
 
     def median(
         results: list[Result], name: str, baseline: str | None, target: float | None
@@ -459,7 +465,7 @@ async def tracing_cost(
         best = middle_result(results)
         return Result(
             name,
-            "tracing",
+            label,
             "rate",
             best.value,
             "cmd/s",
@@ -470,13 +476,71 @@ async def tracing_cost(
             extra={"rounds": [round(r.value, 1) for r in results]},
         )
 
-    off_name = f"tracing.off.product.restock.c{concurrency}"
-    traced = median(on, f"tracing.on.product.restock.c{concurrency}", off_name, 0.8)
+    off_name = f"{label}.off.product.restock.c{concurrency}"
+    measured = median(on, f"{label}.on.product.restock.c{concurrency}", off_name, target)
     pairs = [t.value / o.value for t, o in zip(on, off, strict=True)]
-    traced.extra["pair_ratios"] = [round(r, 3) for r in pairs]
+    measured.extra["pair_ratios"] = [round(r, 3) for r in pairs]
     # The median pair, as for the commands at 64 in flight: drift stays in its pair.
-    traced.ratio = middle(pairs)
-    return [median(off, off_name, None, None), traced]
+    measured.ratio = middle(pairs)
+    return [median(off, off_name, None, None), measured]
+
+
+async def tracing_cost(
+    nc: NATS, products: list[str], *, concurrency: int, duration: float, rounds: int = 3
+) -> list[Result]:
+    """Tracing off and on: always-on sampler, batch processor, discarding exporter."""
+
+    async def on() -> None:
+        trace_everything()
+
+    async def off() -> None:
+        shutdown_tracing()
+
+    return await on_off_cost(
+        nc,
+        products,
+        label="tracing",
+        turn_on=on,
+        turn_off=off,
+        target=0.8,
+        concurrency=concurrency,
+        duration=duration,
+        rounds=rounds,
+    )
+
+
+async def monitor_cost(
+    url: str,
+    nc: NATS,
+    products: list[str],
+    *,
+    concurrency: int,
+    duration: float,
+    rounds: int = 3,
+) -> list[Result]:
+    """The live monitor beside the command service as ``ordermesh up`` runs it: a process
+    of its own (``ordermesh run api``) taking a copy of every request and reply."""
+    running: list[MonitorProcess] = []
+
+    async def on() -> None:
+        monitor = MonitorProcess(url, port=0)
+        await monitor.start()
+        running.append(monitor)
+
+    async def off() -> None:
+        await running.pop().stop()
+
+    return await on_off_cost(
+        nc,
+        products,
+        label="monitor",
+        turn_on=on,
+        turn_off=off,
+        target=0.9,
+        concurrency=concurrency,
+        duration=duration,
+        rounds=rounds,
+    )
 
 
 async def saga_rate(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from broker.tasks import cancel_and_wait
 from ordermesh import runtime
+from ordermesh.api.process import STOP_WITH_STDIN, MonitorProcess
 from ordermesh.app import SERVICES, App
 from ordermesh.cli.app import app
 from ordermesh.config import Settings
@@ -17,9 +21,11 @@ from ordermesh.logs import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
 
 
-def _serve(application: App, on_ready: str | None = None) -> None:
-    """Run until SIGINT or SIGTERM. ``application.start`` returns once every request
-    service has answered a request through the server, so the banner means "ready"."""
+def _serve(application: App, on_ready: str | None = None, *, monitor: bool = False) -> None:
+    """Run until SIGINT or SIGTERM (or, for the monitor ``ordermesh up`` starts, until
+    that parent is gone). ``application.start`` returns once every request service has answered a
+    request through the server, so the banner means "ready". With ``monitor``, the
+    monitor runs beside it as a process of its own (:mod:`ordermesh.api.process`)."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -27,8 +33,19 @@ def _serve(application: App, on_ready: str | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         configure_tracing(application.service_name)
+        watchdog = asyncio.create_task(_orphaned(stop))
         try:
             await application.start()
+            if monitor:
+                s = application.settings
+                await application.add(
+                    MonitorProcess(
+                        application.nats_url,
+                        host=s.api_host,
+                        port=s.api_port,
+                        metrics_port=s.metrics_port + 1 if s.metrics_port else 0,
+                    )
+                )
             runtime.tune_gc()
             try:
                 if on_ready == "banner":
@@ -37,9 +54,28 @@ def _serve(application: App, on_ready: str | None = None) -> None:
             finally:
                 await application.stop()
         finally:
+            await cancel_and_wait(watchdog)
             shutdown_tracing()
 
     runtime.run(main())
+
+
+async def _orphaned(stop: asyncio.Event) -> None:
+    """For a child of ``ordermesh up`` (``ORDERMESH_STOP_WITH_STDIN``): set ``stop`` when
+    its stdin, a pipe from the parent, closes, which it does when the parent ends in any
+    way, a SIGKILL included. A monitor must not outlive the ``ordermesh up`` it belongs to."""
+    if os.environ.get(STOP_WITH_STDIN) != "1":
+        return
+    closed = asyncio.Event()
+
+    class _Watch(asyncio.Protocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            closed.set()
+
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(_Watch, sys.stdin)
+    await closed.wait()
+    stop.set()
 
 
 def _banner(application: App) -> None:
@@ -56,6 +92,10 @@ def _banner(application: App) -> None:
         lines.append(f"  metrics         {application.metrics.url}")
         base = application.metrics.base_url
         lines.append(f"  health          {base}/healthz  {base}/readyz")
+    monitor = application.monitor_url
+    if monitor is not None:
+        lines.append(f"  monitor         {monitor}")
+        lines.append(f"  GraphQL         {monitor}graphql")
     lines += [
         f"  event store     {s.event_store_url}",
         f"  read models     sqlite:///{s.read_model_path.resolve()}",
@@ -79,7 +119,8 @@ def up() -> None:
     [b]Example[/b]: ordermesh up
     """
     configure_logging("ordermesh")
-    _serve(App(Settings(), SERVICES, embedded_nats=True), on_ready="banner")
+    services = tuple(s for s in SERVICES if s != "api")  # the monitor: a process of its own
+    _serve(App(Settings(), services, embedded_nats=True), on_ready="banner", monitor=True)
 
 
 @app.command()

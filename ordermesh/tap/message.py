@@ -68,6 +68,9 @@ class Tapped:
     request: Request | None = None
     """For a reply: the request it answers."""
     latency_ms: float | None = None
+    reply: str | None = None
+    """For a live request: the inbox its reply will arrive on (the reply's ``subject``), so
+    that a consumer can tie the reply to this very message, ``ce-id`` or not."""
 
     @cached_property
     def body(self) -> Any:

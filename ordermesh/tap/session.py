@@ -177,7 +177,13 @@ class Tap:
             self._done.set()
 
     async def _on_live(self, msg: Msg) -> None:
-        tapped = Tapped(msg.subject, msg.data, dict(msg.headers or {}), kind=kind_of(msg.subject))
+        tapped = Tapped(
+            msg.subject,
+            msg.data,
+            dict(msg.headers or {}),
+            kind=kind_of(msg.subject),
+            reply=msg.reply or None,
+        )
         if msg.reply and tapped.kind in ("command", "query"):
             self._requests[msg.reply] = Request(
                 msg.subject,

@@ -24,6 +24,8 @@ EXPECTED = {
     "command.order.place.c64": "raw.request_reply.c64",
     "tracing.off.product.restock.c64": None,
     "tracing.on.product.restock.c64": "tracing.off.product.restock.c64",
+    "monitor.off.product.restock.c64": None,
+    "monitor.on.product.restock.c64": "monitor.off.product.restock.c64",
     "saga.confirmed_per_second.c64": "command.order.place.c64",
     "read_model.latency_at_200": None,
     "read_model.max_rate_p99_under_100ms": None,
@@ -35,6 +37,7 @@ PAIRED = {
     "command.product.restock.c64",
     "command.order.place.c64",
     "tracing.on.product.restock.c64",
+    "monitor.on.product.restock.c64",
     "relay.store_to_jetstream",
 }
 

@@ -22,6 +22,7 @@ from ordermesh.app import SERVICES, App
 from telemetry.metrics import appended_position
 from tests.conftest import FAST, eventually, request, settings_for
 from tests.contract import ORDERMESH_METRICS
+from tests.integration.test_api import Subscriber, data, gql
 from tests.integration.test_saga import create_product, place, settled
 from tests.stack.tools import require_tool
 
@@ -30,9 +31,16 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 #: The contract (tests/contract.py), by OpenMetrics family name (a counter's without
 #: ``_total``) → the labels every sample of it carries.
 FAMILIES = {
-    name.removesuffix("_total"): family.labels for name, family in ORDERMESH_METRICS.items()
+    (name.removesuffix("_total") if family.kind == "counter" else name): family.labels
+    for name, family in ORDERMESH_METRICS.items()
 }
-HISTOGRAMS = {name for name, family in ORDERMESH_METRICS.items() if family.kind == "histogram"}
+#: Histograms observed inside a trace, so with an exemplar (a WebSocket connection's
+#: duration belongs to no request).
+HISTOGRAMS = {
+    name
+    for name, family in ORDERMESH_METRICS.items()
+    if family.kind == "histogram" and not name.startswith("ordermesh_websocket_")
+}
 
 
 @pytest.fixture
@@ -70,6 +78,11 @@ async def workload(app: App, nc: NATS) -> None:
     assert bad["error"]["code"] == "validation_error"
     assert (await request(nc, "queries.order.list", {}))["ok"]
     assert not (await request(nc, "queries.order.get", {"order_id": "o-none"}))["ok"]
+    # The monitor's API: a query, a refused mutation, and a WebSocket session.
+    assert data(await gql(app, "{ dashboardStats { commandsExecuted } }"))
+    assert (await gql(app, 'mutation { cancelOrder(orderId: "o-none", reason: "x") }'))["errors"]
+    subscriber = await Subscriber.connect(app)
+    await subscriber.socket.close()
     # Not ours: no headers, not JSON. It must end in the DLQ, not block the projections.
     await nc.jetstream().publish("events.foreign.thing", b"\x00garbage")
     await settled(nc, "o-ok")

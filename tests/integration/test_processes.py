@@ -38,6 +38,7 @@ def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
         {
             "ORDERMESH_DATA_DIR": str(data_dir),
             "ORDERMESH_METRICS_PORT": "0",
+            "ORDERMESH_API_PORT": "0",
             "LOG_LEVEL": "WARNING",
             **extra,
         }

@@ -45,6 +45,7 @@ ORDERMESH = {
     "ordermesh-relay": ("relay",),
     "ordermesh-saga": ("saga",),
     "ordermesh-read": ("projections", "query"),
+    "ordermesh-api": ("api",),
 }
 INFRASTRUCTURE = (
     "nats",
@@ -330,6 +331,7 @@ def test_published_ports() -> None:
         "nats": {4222, 8222},
         "kurrentdb": {2113},
         "otel-collector": {4317, 4318},
+        "ordermesh-api": {4000},
     }
     for name, ports in expected.items():
         assert ports <= published_ports(name), name

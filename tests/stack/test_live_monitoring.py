@@ -244,11 +244,16 @@ async def test_rules_panels_and_alerts_on_live_data(
 
         # The alerts this workload produces become pending (their `for` keeps them from
         # firing within a test): inactive → pending, on real data.
-        async def produced() -> list[str]:
-            missing = [a for a in PRODUCED if not await asyncio.to_thread(prom.active, a)]
-            return [] if missing else list(PRODUCED)
+        missing = list(PRODUCED)
 
-        await eventually(produced, timeout=20, interval=0.2)
+        async def produced() -> bool:
+            missing[:] = [a for a in PRODUCED if not await asyncio.to_thread(prom.active, a)]
+            return not missing
+
+        try:
+            await eventually(produced, timeout=30, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"never pending: {missing}") from None
         (high_errors,) = [
             a["labels"]
             for a in await asyncio.to_thread(prom.active, "HighErrorRate")
