@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,22 +16,18 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from infra.nats_server import EmbeddedNatsServer
-from ordermesh.app import SERVICES, App
-from tests.conftest import FAST, eventually, settings_for
+from ordermesh.app import App
+from tests.conftest import eventually
 from tests.integration.test_saga import create_product, place, settled
 
 PROTOCOL = "graphql-transport-ws"
 
 
 @pytest.fixture
-async def api_app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
-    application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
-    await application.start()
-    try:
-        yield application
-    finally:
-        await application.stop()
+def api_app(saga_app: App) -> App:
+    """Every service, the monitor's API included (on a free port), with short sagas."""
+    assert saga_app.api is not None
+    return saga_app
 
 
 def url(app: App, path: str = "/graphql", scheme: str = "http") -> str:
@@ -111,9 +105,10 @@ async def test_a_subscription_sees_an_order_placed_over_plain_nats(api_app: App,
         assert event["source"] and event["id"] and event["timestamp"]
         # An unknown topic is refused on its own subscription; the first one goes on.
         bogus = await subscriber.subscribe('subscription { pubsubStream(topic: "x") { id } }')
-        refusal = await subscriber.next()
-        while refusal["id"] == sid:  # the saga's events keep coming meanwhile
+        async with asyncio.timeout(5):
             refusal = await subscriber.next()
+            while refusal["id"] == sid:  # the saga's events keep coming meanwhile
+                refusal = await subscriber.next()
         assert refusal["id"] == bogus and refusal["type"] in ("error", "next"), refusal
         assert "unknown topic" in json.dumps(refusal["payload"])
     finally:
