@@ -75,8 +75,9 @@ class App:
 
     @property
     def service_name(self) -> str:
-        """``ordermesh`` for everything in one process, else ``ordermesh-<services>``."""
-        if set(self.services) == set(SERVICES):
+        """``ordermesh`` for every service in one process (the monitor, which ``ordermesh
+        up`` runs beside it, or not), else ``ordermesh-<services>``."""
+        if set(self.services) >= set(SERVICES) - {"api"}:
             return "ordermesh"
         return "ordermesh-" + "+".join(self.services)
 
