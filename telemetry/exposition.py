@@ -8,16 +8,14 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from loguru import logger
 from prometheus_client import REGISTRY, make_wsgi_app
 
 from telemetry.metrics import event_loop_lag
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 LAG_INTERVAL = 0.5
 #: A new header list per response: the server appends Content-Length to the one it gets.
