@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from domain.errors import CodedError
+from domain.errors import CodedError, PaymentUnavailable
+from handlers.executor import ConcurrencyConflict
 
 MALFORMED_JSON = "malformed_json"
 VALIDATION_ERROR = "validation_error"
@@ -29,6 +30,15 @@ TRANSPORT_CODES = (
     PAYLOAD_TOO_LARGE,
     STORE_UNAVAILABLE,
     INTERNAL_ERROR,
+)
+
+#: Refusals that say the service failed, not the request: what the error-ratio alerts and
+#: the availability SLO count (``infra/prometheus/rules``), as ``code=~"…"``.
+FAULT_CODES = (
+    INTERNAL_ERROR,
+    STORE_UNAVAILABLE,
+    ConcurrencyConflict.code,
+    PaymentUnavailable.code,
 )
 
 

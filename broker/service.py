@@ -87,6 +87,13 @@ class RequestService:
         self.ping = PingResponder(nc, f"ordermesh-{name}")
 
     async def start(self) -> None:
+        # Each type's request count and fault counts exist at 0 from the start: a series
+        # first scraped at 3 shows no increase, and a first burst of faults would be
+        # invisible to rate() and the alerts on it.
+        for label in self._routes:
+            self._metrics.received.labels(label)
+            for code in replies.FAULT_CODES:
+                self._metrics.errors.labels(label, code)
         self._sub = await self._nc.subscribe(self._pattern, queue=self._queue, cb=self._on_msg)
         await self.ping.start()
         # A round trip, so the server knows the subscription before we say we are ready.

@@ -27,6 +27,8 @@ from ordermesh.api import requests
 from ordermesh.api.dashboard import Dashboard, DashboardReading
 from ordermesh.api.events import StoredEventReader
 from ordermesh.api.instrumentation import GraphQLMetrics
+from ordermesh.monitor import buffer as feed
+from ordermesh.monitor import topology as flow
 from ordermesh.monitor.buffer import TOPICS, MessageBuffer, MonitoredMessage
 from ordermesh.monitor.topology import Topology
 
@@ -87,6 +89,15 @@ def _limit(limit: int) -> int:
 
 # -- types -------------------------------------------------------------------------------
 
+# The monitor's own records are the GraphQL types where their fields are the contract's
+# (strawberry marks each class as a GraphQL type of that name, in place, and reads its
+# fields as they are): no copy field by field, no second definition to keep in step.
+strawberry.type(feed.TopicStats, name="TopicStats")
+strawberry.type(feed.TypeStats, name="TypeStats")
+strawberry.type(flow.Node, name="FlowNode")
+strawberry.type(flow.Edge, name="FlowEdge")
+strawberry.type(flow.ProjectionInfo, name="ProjectionStatus")
+
 
 @strawberry.type
 class PubsubMessage:
@@ -123,25 +134,6 @@ class PubsubMessage:
             latency_ms=m.latency_ms,
             ok=m.ok,
         )
-
-
-@strawberry.type
-class TopicStats:
-    topic: str
-    count: int
-    rate_per_minute: float
-    last_seen: datetime | None
-    errors: int
-
-
-@strawberry.type
-class TypeStats:
-    topic: str
-    type: str
-    count: int
-    rate_per_minute: float
-    last_seen: datetime | None
-    errors: int
 
 
 @strawberry.type
@@ -214,37 +206,10 @@ class ServiceInstance:
 
 
 @strawberry.type
-class FlowNode:
-    id: str
-    label: str
-    kind: str
-    healthy: bool
-
-
-@strawberry.type
-class FlowEdge:
-    source: str
-    target: str
-    topic: str
-    count: int
-    rate_per_minute: float
-
-
-@strawberry.type
 class SystemTopology:
     instances: list[ServiceInstance]
-    nodes: list[FlowNode]
-    edges: list[FlowEdge]
-
-
-@strawberry.type
-class ProjectionStatus:
-    name: str
-    position: int
-    lag_seconds: float | None
-    backlog: int | None
-    state: str
-    service: str
+    nodes: list[flow.Node]
+    edges: list[flow.Edge]
 
 
 @strawberry.type
@@ -416,31 +381,14 @@ class Query:
         return [PubsubMessage.of(m) for m in messages]
 
     @strawberry.field(description="Per topic: messages seen, per minute, last seen, errors")
-    def pubsub_stats(self, info: Info[Any, Any]) -> list[TopicStats]:
-        return [
-            TopicStats(
-                topic=s.topic,
-                count=s.count,
-                rate_per_minute=s.rate_per_minute,
-                last_seen=s.last_seen,
-                errors=s.errors,
-            )
-            for s in _ctx(info).buffer.topic_stats()
-        ]
+    def pubsub_stats(self, info: Info[Any, Any]) -> list[feed.TopicStats]:
+        return _ctx(info).buffer.topic_stats()
 
     @strawberry.field(description="The same per message type")
-    def pubsub_type_stats(self, info: Info[Any, Any], topic: str | None = None) -> list[TypeStats]:
-        return [
-            TypeStats(
-                topic=s.topic,
-                type=s.type,
-                count=s.count,
-                rate_per_minute=s.rate_per_minute,
-                last_seen=s.last_seen,
-                errors=s.errors,
-            )
-            for s in _ctx(info).buffer.type_stats(_topic(topic))
-        ]
+    def pubsub_type_stats(
+        self, info: Info[Any, Any], topic: str | None = None
+    ) -> list[feed.TypeStats]:
+        return _ctx(info).buffer.type_stats(_topic(topic))
 
     @strawberry.field(description="From the metrics registry /metrics exports")
     def dashboard_stats(self, info: Info[Any, Any]) -> DashboardStats:
@@ -451,18 +399,8 @@ class Query:
         return topology_of(_ctx(info).topology)
 
     @strawberry.field(description="Each projection's position and lag, from the heartbeats")
-    def projection_status(self, info: Info[Any, Any]) -> list[ProjectionStatus]:
-        return [
-            ProjectionStatus(
-                name=p.name,
-                position=p.position,
-                lag_seconds=p.lag_seconds,
-                backlog=p.backlog,
-                state=p.state,
-                service=p.service,
-            )
-            for p in _ctx(info).topology.projections()
-        ]
+    def projection_status(self, info: Info[Any, Any]) -> list[flow.ProjectionInfo]:
+        return _ctx(info).topology.projections()
 
     @strawberry.field
     async def products(self, info: Info[Any, Any], limit: int = 100) -> list[Product]:
@@ -552,20 +490,7 @@ def topology_of(topology: Topology) -> SystemTopology:
         for i in topology.instances()
     ]
     nodes, edges = topology.graph()
-    return SystemTopology(
-        instances=instances,
-        nodes=[FlowNode(id=n.id, label=n.label, kind=n.kind, healthy=n.healthy) for n in nodes],
-        edges=[
-            FlowEdge(
-                source=e.source,
-                target=e.target,
-                topic=e.topic,
-                count=e.count,
-                rate_per_minute=e.rate_per_minute,
-            )
-            for e in edges
-        ],
-    )
+    return SystemTopology(instances=instances, nodes=nodes, edges=edges)
 
 
 async def _command(info: Info[Any, Any], command_type: str, body: dict[str, Any]) -> JSON:

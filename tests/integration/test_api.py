@@ -231,6 +231,29 @@ async def test_the_dashboard_topology_and_event_browser_show_real_traffic(
     edges = {(e["source"], e["target"]): e["count"] for e in topology["edges"]}
     assert edges[("client", "command")] >= 3
 
+    stats = data(
+        await gql(
+            api_app,
+            "{ pubsubStats { topic count errors lastSeen }"
+            ' pubsubTypeStats(topic: "commands") { type count ratePerMinute errors } }',
+        )
+    )
+    topics = {t["topic"]: t for t in stats["pubsubStats"]}
+    assert list(topics) == ["commands", "events", "queries", "sagas", "dlq"]
+    assert topics["events"]["count"] > 0 and topics["events"]["lastSeen"]
+    types = {t["type"]: t for t in stats["pubsubTypeStats"]}
+    assert types["order.place"]["count"] >= 2 and types["order.place"]["ratePerMinute"] > 0
+    assert types["payment.process"]["errors"] >= 1  # the declined card's refusal
+
+    async def projected() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = data(
+            await gql(api_app, "{ projectionStatus { name position state service } }")
+        )["projectionStatus"]
+        return found if all(p["position"] > 0 for p in found) and found else []
+
+    projections = {p["name"]: p for p in await eventually(projected)}
+    assert {"products", "orders", "sagas", "saga_inbox"} <= set(projections)
+
     events = data(
         await gql(
             api_app,

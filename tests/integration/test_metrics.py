@@ -141,6 +141,16 @@ async def test_every_family_has_samples_with_its_labels_and_exemplars(
     assert {"order.place", "inventory.reserve", "payment.process", "shipment.arrange"} <= (
         label_values("ordermesh_command_dispatched", "command_type")
     )
+    # Fault series exist at 0 before any fault, so the first burst shows in rate().
+    assert (
+        value(
+            "ordermesh_command_errors_total", command_type="shipment.cancel", code="internal_error"
+        )
+        == 0
+    )
+    assert ("shipment.cancel", "internal_error") in {
+        (s.labels["command_type"], s.labels["code"]) for s in samples("ordermesh_command_errors")
+    }
     assert ("order.place", "validation_error") in {
         (s.labels["command_type"], s.labels["code"]) for s in samples("ordermesh_command_errors")
     }

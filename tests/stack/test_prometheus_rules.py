@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.replies import FAULT_CODES
 from tests.contract import ALERTS, RECORDING_RULES, SCRAPE_JOBS
 from tests.stack.tools import INFRA, ROOT, require_tool
 
@@ -202,3 +203,13 @@ def test_alert_has_a_firing_and_a_quiet_unit_test(alert: str) -> None:
     ]
     assert firing, f"no promtool case where {alert} fires"
     assert quiet, f"no promtool case where {alert} stays quiet past its `for`"
+
+
+def test_the_rules_fault_codes_are_the_services() -> None:
+    """The codes the ratios count as faults are the ones the services start at 0
+    (``broker.replies.FAULT_CODES``): a code added on one side only is caught here."""
+    text = RECORDING_FILE.read_text() + ALERT_RULES.read_text()
+    regexes = set(re.findall(r'code=~"([^"]+)"', text))
+    assert regexes, "the fault ratios select codes with code=~"
+    for regex in regexes:
+        assert set(regex.split("|")) == set(FAULT_CODES), regex
