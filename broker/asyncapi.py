@@ -32,6 +32,7 @@ from broker.subjects import (
 from domain import errors
 from domain.catalog import EVENTS
 from handlers import COMMAND_HANDLERS, ConcurrencyConflict
+from handlers.executor import IdempotencyConflict
 from projections.queries import QUERY_HANDLERS
 
 SCHEMAS = "#/components/schemas/"
@@ -155,7 +156,9 @@ def error_codes() -> list[str]:
         if isinstance(value, type) and issubclass(value, errors.CodedError)
     ]
     domain = {c.code for c in classes if not any(o is not c and issubclass(o, c) for o in classes)}
-    return sorted({*replies.TRANSPORT_CODES, *domain, ConcurrencyConflict.code})
+    return sorted(
+        {*replies.TRANSPORT_CODES, *domain, ConcurrencyConflict.code, IdempotencyConflict.code}
+    )
 
 
 def _headers_schema(names: tuple[str, ...], required: tuple[str, ...], doc: str) -> dict[str, Any]:

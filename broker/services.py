@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -11,15 +12,24 @@ from broker import replies
 from broker.projector import Database
 from broker.service import DEFAULT_MAX_PAYLOAD, RequestService, Route
 from broker.subjects import ALL_COMMANDS, ALL_QUERIES, COMMAND_QUEUE, QUERY_QUEUE
-from domain.messages import Query
+from domain.messages import Command, Query
 from domain.metadata import MessageContext
-from handlers import CommandExecutor, Outcome, PaymentProvider, command_handlers
+from handlers import CommandExecutor, Handler, Outcome, PaymentProvider, command_handlers
 from projections.queries import QUERY_HANDLERS, QueryHandler
 from telemetry.metrics import COMMAND_METRICS, QUERY_METRICS
 
 
 def _outcome_data(outcome: Outcome) -> dict[str, Any]:
     return outcome.data
+
+
+def _with_digest(
+    handler: Handler, executor: CommandExecutor, command: Command, ctx: MessageContext
+) -> Awaitable[Outcome]:
+    """Call the handler with the body's digest in the context: the store records it with
+    the command id (global idempotency). A function, not a coroutine: one frame fewer on
+    the command path."""
+    return handler(executor, command, ctx.with_digest(command.digest()))
 
 
 async def _run_query(
@@ -36,7 +46,7 @@ def command_service(
     provider: PaymentProvider | None = None,
 ) -> RequestService:
     routes = {
-        type_: Route(model, functools.partial(handler, executor), data=_outcome_data)
+        type_: Route(model, functools.partial(_with_digest, handler, executor), data=_outcome_data)
         for type_, (model, handler) in command_handlers(provider).items()
     }
     return RequestService(

@@ -46,6 +46,33 @@ class NewEvent:
 
 
 @dataclass(slots=True)
+class CommandRecord:
+    """The command an append carries out: its id (the ``ce-id``) and a digest of its body.
+
+    Stores keep these, system-wide and for a window of time, so that a command id means
+    one command whichever stream it names: a resend is answered from the first append,
+    and the id reused for another body is refused (:class:`DuplicateCommand`).
+    """
+
+    id: str
+    digest: str | None = None
+    """``None``: the sender cannot say (a saga's own transitions); any body matches."""
+
+
+@dataclass(slots=True)
+class StoredCommand:
+    """Where a command's events landed: the last one's stream and revision."""
+
+    id: str
+    digest: str | None
+    stream: str
+    revision: int
+
+    def same_body(self, digest: str | None) -> bool:
+        return self.digest is None or digest is None or self.digest == digest
+
+
+@dataclass(slots=True)
 class RecordedEvent:
     """An event as stored: its stream revision and its global position are fixed."""
 
@@ -81,6 +108,18 @@ class WrongExpectedRevision(EventStoreError):
         super().__init__(f"stream {stream!r}: expected revision {expected!r}, actual {actual!r}")
 
 
+class DuplicateCommand(EventStoreError):
+    """The command was carried out before (within the store's idempotency window): nothing
+    was written; ``first`` says where its events are."""
+
+    def __init__(self, first: StoredCommand) -> None:
+        self.first = first
+        super().__init__(
+            f"command {first.id!r} was stored before, in {first.stream!r}"
+            f" at revision {first.revision}"
+        )
+
+
 class EventStoreUnavailable(EventStoreError):
     """The store cannot be reached; nothing was written."""
 
@@ -93,8 +132,18 @@ class EventStore(Protocol):
         stream: str,
         events: Sequence[NewEvent],
         expected_revision: ExpectedRevision,
+        command: CommandRecord | None = None,
     ) -> AppendResult:
-        """Append atomically, or raise ``WrongExpectedRevision`` and write nothing."""
+        """Append atomically, or raise ``WrongExpectedRevision`` and write nothing.
+
+        With ``command``, the command is recorded with the events, in the same write; if
+        the store holds it already (within its idempotency window), nothing is written and
+        ``DuplicateCommand`` is raised, whichever stream the first one went to.
+        """
+        ...
+
+    async def stored_command(self, command_id: str) -> StoredCommand | None:
+        """The record of a command within the idempotency window, else ``None``."""
         ...
 
     async def read_stream(self, stream: str, from_revision: int = 0) -> list[RecordedEvent]:

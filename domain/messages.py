@@ -6,6 +6,7 @@ registry in :mod:`broker.subjects` derives every NATS subject from it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -54,6 +55,21 @@ class Command(Message):
     """A request to change one aggregate."""
 
     AGGREGATE: ClassVar[str]
+
+    def digest(self) -> str:
+        """What the body says, as a short hash: a command id resent with another body is
+        a different command (refused), with the same body the same one (answered again).
+
+        A field the service generated (an ``order_id`` left out) is left out of it: a
+        resend of that body would generate another, yet it is the same command.
+        """
+        generated = {
+            name
+            for name, info in type(self).__pydantic_fields__.items()
+            if info.default_factory is not None and name not in self.model_fields_set
+        }
+        body = type(self).__pydantic_serializer__.to_json(self, exclude=generated or None)
+        return hashlib.blake2b(self.TYPE.encode() + b" " + body, digest_size=16).hexdigest()
 
 
 class Event(Message):

@@ -31,6 +31,8 @@ class MessageContext:
     traceparent: str | None = None
     tracestate: str | None = None
     baggage: str | None = None
+    digest: str | None = None
+    """Of a command's body (``Command.digest``), once the service has decoded it."""
 
     @property
     def trace_id(self) -> str | None:
@@ -50,6 +52,23 @@ class MessageContext:
             traceparent,
             self.tracestate,
             self.baggage,
+            self.digest,
+        )
+
+    def with_digest(self, digest: str) -> MessageContext:
+        """The same message, with its body's digest (see ``with_traceparent``'s cost)."""
+        return MessageContext(
+            self.id,
+            self.type,
+            self.source,
+            self.correlation_id,
+            self.time,
+            self.causation_id,
+            self.subject,
+            self.traceparent,
+            self.tracestate,
+            self.baggage,
+            digest,
         )
 
 

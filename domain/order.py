@@ -121,6 +121,7 @@ class Order:
         match event:
             case OrderPlaced():
                 self.exists = True
+                self.order_id = event.order_id  # a generated id is the event's, not the caller's
                 self.customer_id, self.items, self.total = (
                     event.customer_id,
                     list(event.items),

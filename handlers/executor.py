@@ -6,9 +6,13 @@ folded revision as the expected revision. Another writer in between (another pro
 another replica) makes the append fail; the executor folds the new events and decides
 again, a bounded number of times.
 
-Idempotency needs no extra table: each stored event records the id of the command
-that caused it. A resent command finds its own events in the stream's history, and
-is answered from the state they produced: the first result, not a new one.
+Idempotency has two layers. The store records every command id with a digest of its
+body, system-wide, in the same write as its events, for a window of time
+(``CommandRecord``): a resend is refused by the store whichever stream it names, and
+answered from the state the first one produced; the id reused for another body is
+refused with ``idempotency_conflict``. In front of that, each cached stream remembers
+the ids of its latest commands (from the events' ``causation_id``), so the usual resend
+is answered without an append; that memory is bounded (``CAUSED_KEEP`` per stream).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from opentelemetry.trace import Span, SpanKind
 from domain.catalog import decode_event
 from domain.errors import CodedError
 from domain.event_store import (
+    CommandRecord,
+    DuplicateCommand,
     EventStore,
     NewEvent,
     RecordedEvent,
@@ -41,6 +47,9 @@ from telemetry.metrics import appended_position, count, event_stored
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CACHE_SIZE = 10_000
+#: Command ids each cached stream remembers; older resends are caught by the store's
+#: record (one append attempt later), so this bounds memory without losing anything.
+CAUSED_KEEP = 256
 
 
 class Aggregate(Protocol):
@@ -62,6 +71,18 @@ class ConcurrencyConflict(CodedError):
         )
 
 
+class IdempotencyConflict(CodedError):
+    """The command id was used before for another body: one id means one command."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, command_id: str, stream: str) -> None:
+        super().__init__(
+            f"command id {command_id!r} was used before for another command; use a new id",
+            {"id": command_id, "stream": stream},
+        )
+
+
 @dataclass(slots=True)
 class Outcome:
     """What a command did: its reply data and whether it was a resend."""
@@ -77,8 +98,9 @@ class _Snapshot:
 
     state: Any
     revision: int = -1
-    caused: dict[str, int] = field(default_factory=dict)
-    """Command id → revision of the last event it caused: the idempotency record."""
+    caused: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    """Command id → revision of the last event it caused, for the latest ``CAUSED_KEEP``
+    commands: the fast path of idempotency (the store's record is the authority)."""
     checked: float = -math.inf
     """When the store last confirmed this state (a read or our own append), monotonic."""
 
@@ -87,7 +109,13 @@ class _Snapshot:
         self.revision = recorded.revision
         cause = parse_metadata(recorded.metadata).get("causation_id")
         if isinstance(cause, str):
-            self.caused[cause] = recorded.revision
+            self.remember(cause, recorded.revision)
+
+    def remember(self, command_id: str, revision: int) -> None:
+        caused = self.caused
+        caused[command_id] = revision
+        if len(caused) > CAUSED_KEEP:
+            caused.popitem(last=False)
 
 
 class _Turn:
@@ -271,6 +299,10 @@ class CommandExecutor:
             # The blind guess is not an attempt: a stream that exists gets them all.
             for attempt in range(self.max_attempts + blind):
                 if ctx.id in snap.caused:
+                    if ctx.digest is not None:
+                        first = await self.store.stored_command(ctx.id)
+                        if first is not None and not first.same_body(ctx.digest):
+                            raise IdempotencyConflict(ctx.id, first.stream)
                     revision = snap.caused[ctx.id]
                     data = await self._result_at(stream, snap, revision, new_state, result)
                     return Outcome(data, [], duplicate=True)
@@ -292,7 +324,23 @@ class CommandExecutor:
                     # publish of each event continues the trace from there.
                     with self._append_span(stream) as span:
                         batch = self._new_events(events, ctx, tracing.traceparent_of(span))
-                        appended = await self.store.append(stream, batch, expected)
+                        appended = await self.store.append(
+                            stream, batch, expected, CommandRecord(ctx.id, ctx.digest)
+                        )
+                except DuplicateCommand as exc:
+                    first = exc.first
+                    if not first.same_body(ctx.digest):
+                        raise IdempotencyConflict(ctx.id, first.stream) from None
+                    if first.stream == stream:
+                        snap = await self._refresh(stream, snap)
+                        data = await self._result_at(
+                            stream, snap, first.revision, new_state, result
+                        )
+                    else:  # the same body, another stream: an id the service generated
+                        data = await self._result_at(
+                            first.stream, None, first.revision, new_state, result
+                        )
+                    return Outcome(data, [], duplicate=True)
                 except WrongExpectedRevision:
                     if snap.checked != -math.inf:  # a real race, not a stream never read
                         self.conflicts += 1
@@ -304,7 +352,7 @@ class CommandExecutor:
                     snap.state.apply(e)
                 snap.revision = appended.revision
                 appended_position.offer(appended.position)
-                snap.caused[ctx.id] = appended.revision
+                snap.remember(ctx.id, appended.revision)
                 snap.checked = time.monotonic()
                 self._remember(stream, snap)
                 return Outcome(result(snap.state), events)
@@ -347,13 +395,15 @@ class CommandExecutor:
     async def _result_at(
         self,
         stream: str,
-        snap: _Snapshot,
+        snap: _Snapshot | None,
         revision: int,
         new_state: Callable[[], A],
         result: Callable[[A], dict[str, Any]],
     ) -> dict[str, Any]:
-        """The reply a command gave: the state right after its own events."""
-        if revision == snap.revision:
+        """The reply a command gave: the state right after its own events. ``stream`` may
+        be another than the command names now (``snap`` is then None): an id the service
+        generated differs in the resend, and the stream's first event names the aggregate."""
+        if snap is not None and revision == snap.revision:
             return result(snap.state)
         past = _Snapshot(new_state())
         for recorded in await self.store.read_stream(stream):

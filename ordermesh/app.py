@@ -108,7 +108,9 @@ class App:
             skip_subject_validation=True,
         )
         if {"command", "relay", "saga"} & set(self.services):
-            self.store = await open_event_store(s.event_store_url)
+            self.store = await open_event_store(
+                s.event_store_url, idempotency_window=s.idempotency_window
+            )
         if {"projections", "query"} & set(self.services):
             self.read_models = open_read_models(s.read_model_path)
             await self.read_models.run(lambda _db: None)

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=1.0, description="share of card payments the simulator declines"
     )
     sim_seed: int = Field(default=0, description="seed of the simulator's failure choice")
+    idempotency_window: float = Field(
+        default=600.0,
+        ge=120.0,
+        description="seconds a command id (ce-id) stays recorded; at least JetStream's 120 s",
+    )
 
     @property
     def event_store_url(self) -> str:

@@ -13,16 +13,25 @@ and commented where they happen:
   drops ``$``-typed events on the client.
 * kurrentdbclient documents that a ``$all`` read must start at an existing event's
   position. If ``after`` is not one, reading falls back to the beginning and skips.
+* A command's record (global idempotency) is one event in its own stream,
+  ``ordermesh-command-<id>``, written with the command's events in one multi-stream
+  append (KurrentDB 25.1 and later), so the record exists exactly when the events do.
+  The record stream is created expecting no stream: a second command with that id
+  fails the append, and the record says where the first one went. A record past the
+  window is written over (expecting its revision).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from kurrentdbclient import AsyncKurrentDBClient
 from kurrentdbclient import NewEvent as KdbNewEvent
+from kurrentdbclient import NewEvents as KdbNewEvents
 from kurrentdbclient import RecordedEvent as KdbRecordedEvent
 from kurrentdbclient import StreamState as KdbStreamState
 from kurrentdbclient.common import AsyncRecordedEventIterator
@@ -38,11 +47,14 @@ from kurrentdbclient.exceptions import (
 
 from domain.event_store import (
     AppendResult,
+    CommandRecord,
+    DuplicateCommand,
     EventStoreError,
     EventStoreUnavailable,
     ExpectedRevision,
     NewEvent,
     RecordedEvent,
+    StoredCommand,
     StreamState,
     WrongExpectedRevision,
 )
@@ -56,7 +68,16 @@ _STREAM_STATES: dict[StreamState, KdbStreamState] = {
 
 # Server-side filter on stream names: kurrentdbclient anchors each pattern as a full
 # match, so this excludes every stream whose name starts with "$".
-_EXCLUDE_SYSTEM_STREAMS = (r"\$.+",)
+#: Streams of command records, one per command id, and the record's event type: kept out
+#: of ``$all`` reads like system streams (they are the store's bookkeeping, not events).
+COMMAND_STREAM_PREFIX = "ordermesh-command-"
+_EXCLUDE_SYSTEM_STREAMS = (r"\$.+", COMMAND_STREAM_PREFIX + ".+")
+COMMAND_RECORDED = "ordermesh.command_recorded"
+DEFAULT_IDEMPOTENCY_WINDOW = 600.0
+
+
+def command_stream(command_id: str) -> str:
+    return COMMAND_STREAM_PREFIX + command_id
 
 
 def to_current_version(expected: ExpectedRevision) -> int | KdbStreamState:
@@ -72,8 +93,13 @@ def to_current_version(expected: ExpectedRevision) -> int | KdbStreamState:
 
 
 def is_system_event(event: KdbRecordedEvent) -> bool:
-    """System events are kept out of ``read_all``/``subscribe_all``: no projection wants them."""
-    return event.type.startswith("$") or event.stream_name.startswith("$")
+    """System events (and command records) are kept out of ``read_all``/``subscribe_all``:
+    no projection wants them."""
+    return (
+        event.type.startswith("$")
+        or event.stream_name.startswith("$")
+        or event.stream_name.startswith(COMMAND_STREAM_PREFIX)
+    )
 
 
 def to_recorded_event(event: KdbRecordedEvent) -> RecordedEvent:
@@ -95,12 +121,17 @@ class KurrentDBEventStore:
 
     system = "kurrentdb"
 
-    def __init__(self, client: AsyncKurrentDBClient) -> None:
+    def __init__(
+        self, client: AsyncKurrentDBClient, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    ) -> None:
         self._client = client
         self._closed = False
+        self.idempotency_window = idempotency_window
 
     @classmethod
-    async def connect(cls, uri: str) -> KurrentDBEventStore:
+    async def connect(
+        cls, uri: str, *, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    ) -> KurrentDBEventStore:
         """Connect to ``esdb://``/``kurrentdb://`` (``+discover`` too).
 
         With a single non-discover target this does no I/O (gRPC connects lazily), so an
@@ -113,7 +144,7 @@ class KurrentDBEventStore:
             await client.connect()
         except KurrentDBClientError as exc:
             raise EventStoreUnavailable(f"cannot connect to event store: {exc}") from exc
-        return cls(client)
+        return cls(client, idempotency_window)
 
     # -- append ---------------------------------------------------------------------------
 
@@ -122,6 +153,7 @@ class KurrentDBEventStore:
         stream: str,
         events: Sequence[NewEvent],
         expected_revision: ExpectedRevision,
+        command: CommandRecord | None = None,
     ) -> AppendResult:
         """Append atomically; event ids make the library's own retries idempotent."""
         if not events:
@@ -140,9 +172,14 @@ class KurrentDBEventStore:
         ]
         try:
             with timed("append"):
-                position = await self._client.append_to_stream(
-                    stream, events=new_events, current_version=current_version
-                )
+                if command is None:
+                    position = await self._client.append_to_stream(
+                        stream, events=new_events, current_version=current_version
+                    )
+                else:
+                    position = await self._append_with_record(
+                        stream, new_events, current_version, command
+                    )
         except WrongCurrentVersionError as exc:
             actual = exc.actual_version
             # The library reports a missing stream as StreamState.NO_STREAM; the port as None.
@@ -161,6 +198,62 @@ class KurrentDBEventStore:
         else:
             revision = await self._revision_of(stream, events[-1].id, position)
         return AppendResult(revision=revision, position=position)
+
+    async def _append_with_record(
+        self,
+        stream: str,
+        new_events: list[KdbNewEvent],
+        current_version: int | KdbStreamState,
+        command: CommandRecord,
+    ) -> int:
+        """The events and the command's record in one multi-stream append; a record
+        already there means a duplicate, unless it has left the window."""
+        record_version: int | KdbStreamState = KdbStreamState.NO_STREAM
+        for _ in range(2):  # at most: the first try, then once over an expired record
+            record = KdbNewEvent(
+                type=COMMAND_RECORDED,
+                data=json.dumps(
+                    {
+                        "digest": command.digest,
+                        "stream": stream,
+                        "last_event_id": str(new_events[-1].id),
+                        "recorded_at": time.time(),
+                    }
+                ).encode(),
+            )
+            try:
+                position: int = await self._client.multi_append_to_stream(
+                    [
+                        KdbNewEvents(stream, new_events, current_version),
+                        KdbNewEvents(command_stream(command.id), [record], record_version),
+                    ]
+                )
+                return position
+            except WrongCurrentVersionError:
+                found = await self._command_record(command.id)
+                if found is None:
+                    raise  # the record stream is free: it was the events' stream
+                first, revision, fresh = found
+                if fresh:
+                    raise DuplicateCommand(first) from None
+                record_version = revision
+        raise EventStoreError(f"command {command.id!r}: its record kept changing")
+
+    async def stored_command(self, command_id: str) -> StoredCommand | None:
+        found = await self._command_record(command_id)
+        return found[0] if found is not None and found[2] else None
+
+    async def _command_record(self, command_id: str) -> tuple[StoredCommand, int, bool] | None:
+        """The record of a command, its revision, and whether it is within the window."""
+        records = await self._read_stream(command_stream(command_id), 0)
+        if not records:
+            return None
+        last = records[-1]
+        doc = json.loads(last.data)
+        revision = await self._revision_of(doc["stream"], doc["last_event_id"], last.position)
+        first = StoredCommand(command_id, doc.get("digest"), doc["stream"], revision)
+        fresh = float(doc["recorded_at"]) >= time.time() - self.idempotency_window
+        return first, last.revision, fresh
 
     async def _revision_of(self, stream: str, event_id: str, position: int) -> int:
         """Find the revision of an event known to be stored near the end of ``stream``."""

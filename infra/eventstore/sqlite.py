@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,10 +33,13 @@ from urllib.parse import parse_qs, urlparse
 
 from domain.event_store import (
     AppendResult,
+    CommandRecord,
+    DuplicateCommand,
     EventStoreUnavailable,
     ExpectedRevision,
     NewEvent,
     RecordedEvent,
+    StoredCommand,
     StreamState,
     WrongExpectedRevision,
 )
@@ -56,6 +60,14 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at TEXT    NOT NULL,
     UNIQUE (stream, revision)
 );
+CREATE TABLE IF NOT EXISTS commands (
+    command_id  TEXT    PRIMARY KEY,
+    digest      TEXT,
+    stream      TEXT    NOT NULL,
+    revision    INTEGER NOT NULL,
+    recorded_at REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_time ON commands (recorded_at);
 """
 
 _COLUMNS = "event_id, stream, revision, position, type, data, metadata, recorded_at"
@@ -68,6 +80,11 @@ _SUBSCRIBE_BATCH = 500
 _INSERT_ROWS = 100
 #: Events written on the loop's thread between two WAL checkpoints (on the worker's).
 CHECKPOINT_EVERY = 1000
+#: Seconds a command id stays recorded: at least JetStream's duplicate window (2 min),
+#: within which a client's resend is sure to be recognised.
+DEFAULT_IDEMPOTENCY_WINDOW = 600.0
+#: Commands recorded between two sweeps of the expired ones.
+PRUNE_EVERY = 1000
 #: Commits that do not sync may run on the loop's thread.
 _UNSYNCED = {"OFF", "NORMAL"}
 
@@ -99,9 +116,18 @@ class SQLiteEventStore:
 
     system = "sqlite"
 
-    def __init__(self, worker: SQLiteWorker, poll_interval: float) -> None:
+    def __init__(
+        self,
+        worker: SQLiteWorker,
+        poll_interval: float,
+        idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+    ) -> None:
         self._worker = worker
         self._poll_interval = poll_interval
+        #: How long a command id stays recorded (seconds).
+        self.idempotency_window = idempotency_window
+        #: Commands recorded since expired ones were last swept.
+        self._unpruned = 0
         #: The loop thread's connection, when commits do not sync: it never waits for a
         #: lock and never checkpoints.
         self._here: sqlite3.Connection | None = None
@@ -121,6 +147,7 @@ class SQLiteEventStore:
         url_or_path: str | Path,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> SQLiteEventStore:
         """Open (creating if needed); ``?synchronous=full`` buys power-loss safety with speed."""
         synchronous = "NORMAL"
@@ -133,7 +160,7 @@ class SQLiteEventStore:
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
         worker = SQLiteWorker(path, _SCHEMA, synchronous=synchronous, name="event-store")
-        store = cls(worker, poll_interval)
+        store = cls(worker, poll_interval, idempotency_window)
         await store._run(lambda _db: None)  # creates the file, WAL mode and the schema
         if synchronous in _UNSYNCED:
             here = sqlite3.connect(path, isolation_level=None)
@@ -156,14 +183,21 @@ class SQLiteEventStore:
         stream: str,
         events: Sequence[NewEvent],
         expected_revision: ExpectedRevision,
+        command: CommandRecord | None = None,
     ) -> AppendResult:
         if not events:
             raise ValueError("append needs at least one event")
         with timed("append"):
             result: AppendResult = await self._enqueue(
-                None, _Append(stream, list(events), expected_revision)
+                None, _Append(stream, list(events), expected_revision, command)
             )
         return result
+
+    async def stored_command(self, command_id: str) -> StoredCommand | None:
+        horizon = time.time() - self.idempotency_window
+        found = await self._enqueue(lambda db: _stored_commands(db, [command_id], horizon))
+        command: StoredCommand | None = found.get(command_id)
+        return command
 
     def _enqueue(
         self, run: Callable[[sqlite3.Connection], Any] | None, append: _Append | None = None
@@ -188,11 +222,17 @@ class SQLiteEventStore:
             while self._queue:
                 if self._unchecked >= CHECKPOINT_EVERY:
                     await self._checkpoint()
+                if self._unpruned >= PRUNE_EVERY:
+                    await self._prune()
                 group, self._queue = self._queue, []
+                horizon = time.time() - self.idempotency_window
+                self._unpruned += sum(1 for job in group if job.append and job.append.command)
                 try:
-                    outcomes = self._run_here(group)
+                    outcomes = self._run_here(group, horizon)
                     if outcomes is None:
-                        outcomes = await self._run(functools.partial(_run_group, group=group))
+                        outcomes = await self._run(
+                            functools.partial(_run_group, group=group, horizon=horizon)
+                        )
                 except BaseException as exc:
                     for job in group:
                         if not job.future.done():
@@ -212,13 +252,13 @@ class SQLiteEventStore:
         finally:
             self._flusher = None
 
-    def _run_here(self, group: list[_Job]) -> list[Any] | None:
+    def _run_here(self, group: list[_Job], horizon: float) -> list[Any] | None:
         """Run a group on this thread; ``None`` when it must go to the worker instead."""
         here = self._here
         if here is None:
             return None
         try:
-            outcomes = _run_group(here, group)
+            outcomes = _run_group(here, group, horizon)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 # Another connection is writing: the group was rolled back, and the worker
@@ -245,6 +285,18 @@ class SQLiteEventStore:
         except sqlite3.Error:
             return  # the next one will do it; writes never depend on a checkpoint
         self.checkpoints += 1
+
+    async def _prune(self) -> None:
+        """Forget the commands older than the window, on the worker thread (it may wait
+        for another process's write lock; this thread must not)."""
+        self._unpruned = 0
+        horizon = time.time() - self.idempotency_window
+        try:
+            await self._worker.run(
+                lambda db: db.execute("DELETE FROM commands WHERE recorded_at < ?", (horizon,))
+            )
+        except sqlite3.Error:
+            return  # the next sweep will do it; a stale record is ignored anyway
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -303,6 +355,7 @@ class _Append:
     stream: str
     events: list[NewEvent]
     expected: ExpectedRevision
+    command: CommandRecord | None = None
 
 
 @dataclass(slots=True)
@@ -314,7 +367,7 @@ class _Job:
     future: asyncio.Future[Any]
 
 
-def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
+def _run_group(db: sqlite3.Connection, group: list[_Job], horizon: float) -> list[Any]:
     """Run a group in the worker thread, in order; an append's conflict is its outcome.
 
     Consecutive appends are written together: one query reads every stream's revision,
@@ -322,6 +375,8 @@ def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
     SQLite works and must take it back afterwards, and the event loop holds it most of
     the time: with a statement or two per append, the worker spent more time waiting
     for the GIL than writing. A read queued after an append still sees it.
+    Commands recorded before ``horizon`` (a ``time.time()``) have left the idempotency
+    window.
     """
     writes = any(job.append is not None for job in group)
     if writes:
@@ -333,10 +388,10 @@ def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
             if job.append is not None:
                 appends.append(i)
                 continue
-            _write_appends(db, group, appends, outcomes)
+            _write_appends(db, group, appends, outcomes, horizon)
             assert job.run is not None
             outcomes[i] = job.run(db)
-        _write_appends(db, group, appends, outcomes)
+        _write_appends(db, group, appends, outcomes, horizon)
     except BaseException:
         if writes:
             db.execute("ROLLBACK")
@@ -347,16 +402,27 @@ def _run_group(db: sqlite3.Connection, group: list[_Job]) -> list[Any]:
 
 
 def _write_appends(
-    db: sqlite3.Connection, group: list[_Job], indexes: list[int], outcomes: list[Any]
+    db: sqlite3.Connection,
+    group: list[_Job],
+    indexes: list[int],
+    outcomes: list[Any],
+    horizon: float,
 ) -> None:
     """Check and write the appends ``group[i] for i in indexes``; empties ``indexes``."""
     if not indexes:
         return
     appends = [a for i in indexes if (a := group[i].append) is not None]
     revisions = _current_revisions(db, {a.stream for a in appends})
-    recorded_at = datetime.now(UTC).isoformat()
+    command_ids = [a.command.id for a in appends if a.command is not None]
+    known = _stored_commands(db, command_ids, horizon) if command_ids else {}
+    now = time.time()
+    recorded_at = datetime.fromtimestamp(now, UTC).isoformat()
     accepted: list[tuple[int, _Append, int]] = []  # (index, append, first revision)
     for i, append in zip(indexes, appends, strict=True):
+        command = append.command
+        if command is not None and command.id in known:
+            outcomes[i] = DuplicateCommand(known[command.id])
+            continue
         current = revisions.get(append.stream)
         try:
             _check_expected(append.stream, append.expected, current)
@@ -364,7 +430,12 @@ def _write_appends(
             outcomes[i] = exc
             continue
         first = 0 if current is None else current + 1
-        revisions[append.stream] = first + len(append.events) - 1
+        last_revision = first + len(append.events) - 1
+        revisions[append.stream] = last_revision
+        if command is not None:  # a resend later in the same group is a duplicate
+            known[command.id] = StoredCommand(
+                command.id, command.digest, append.stream, last_revision
+            )
         accepted.append((i, append, first))
     indexes.clear()
     if not accepted:
@@ -376,14 +447,46 @@ def _write_appends(
         # An event id already stored (a resend with the same ids): the statement wrote
         # nothing. Write append by append, so only the offending append fails.
         for i, append, first in accepted:
-            outcomes[i] = _append_alone(db, append, first, recorded_at)
+            outcomes[i] = _append_alone(db, append, first, recorded_at, now)
         return
+    _record_commands(db, [(append, first) for _, append, first in accepted], now)
     # One INSERT gives its rows consecutive positions, in order (an AUTOINCREMENT key,
     # inside a transaction nobody else can write in): count back from the last.
     position = last - len(rows)
     for i, append, first in accepted:
         position += len(append.events)
         outcomes[i] = AppendResult(revision=first + len(append.events) - 1, position=position)
+
+
+def _stored_commands(
+    db: sqlite3.Connection, command_ids: list[str], horizon: float
+) -> dict[str, StoredCommand]:
+    """The records, still within the window, of any of these commands: one query."""
+    rows = db.execute(
+        "SELECT command_id, digest, stream, revision FROM commands"
+        " WHERE command_id IN (SELECT value FROM json_each(?)) AND recorded_at >= ?",
+        (json.dumps(command_ids), horizon),
+    ).fetchall()
+    return {row[0]: StoredCommand(*row) for row in rows}
+
+
+def _record_commands(
+    db: sqlite3.Connection, written: list[tuple[_Append, int]], now: float
+) -> None:
+    """Record the commands of appends just written (``first`` revision each), in the same
+    transaction; a record past the window is replaced."""
+    rows = [
+        (append.command.id, append.command.digest, append.stream, first + len(append.events) - 1)
+        for append, first in written
+        if append.command is not None
+    ]
+    for start in range(0, len(rows), _INSERT_ROWS):
+        chunk = rows[start : start + _INSERT_ROWS]
+        db.execute(
+            "INSERT OR REPLACE INTO commands (command_id, digest, stream, revision, recorded_at)"
+            " VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+            [value for row in chunk for value in (*row, now)],
+        )
 
 
 def _rows(append: _Append, first: int, recorded_at: str) -> list[tuple[object, ...]]:
@@ -440,13 +543,14 @@ def _insert_statement(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
 
 
 def _append_alone(
-    db: sqlite3.Connection, append: _Append, first: int, recorded_at: str
+    db: sqlite3.Connection, append: _Append, first: int, recorded_at: str, now: float
 ) -> AppendResult | sqlite3.IntegrityError:
     rows = _rows(append, first, recorded_at)
     try:
         last = _insert(db, rows)
     except sqlite3.IntegrityError as exc:
         return exc
+    _record_commands(db, [(append, first)], now)
     return AppendResult(revision=first + len(rows) - 1, position=last)
 
 

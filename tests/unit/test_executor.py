@@ -13,7 +13,13 @@ import pytest
 
 from broker.cloudevents import decode_context
 from domain.errors import ProductAlreadyExists, ProductNotFound
-from domain.event_store import AppendResult, ExpectedRevision, NewEvent, StreamState
+from domain.event_store import (
+    AppendResult,
+    CommandRecord,
+    ExpectedRevision,
+    NewEvent,
+    StreamState,
+)
 from domain.metadata import MessageContext
 from domain.product import ChangePrice, CreateProduct, Product, Restock
 from handlers import CommandExecutor, ConcurrencyConflict
@@ -53,13 +59,17 @@ class RacingStore:
         self.competitors = 0
 
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_revision: ExpectedRevision
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_revision: ExpectedRevision,
+        command: CommandRecord | None = None,
     ) -> AppendResult:
         await self.inner.append(
             stream, [NewEvent("product.restocked", events[0].data)], StreamState.ANY
         )
         self.competitors += 1
-        return await self.inner.append(stream, events, expected_revision)
+        return await self.inner.append(stream, events, expected_revision, command)
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.inner, name)
@@ -262,11 +272,15 @@ class GatedStore:
         self.started: list[str] = []
 
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_revision: ExpectedRevision
+        self,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_revision: ExpectedRevision,
+        command: CommandRecord | None = None,
     ) -> AppendResult:
         self.started.append(json.loads(events[0].metadata)["causation_id"])
         await self.gate.wait()
-        return await self.inner.append(stream, events, expected_revision)
+        return await self.inner.append(stream, events, expected_revision, command)
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.inner, name)
