@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up stack test bench bench-instructions lint typecheck format clean tools
+.PHONY: up stack test fuzz bench bench-instructions lint typecheck format clean tools chaos
 
 # Debian's prometheus gives promtool (checks /metrics, the rules and their unit tests)
 # and a real Prometheus server (the dashboards and alerts proven on live data);
@@ -49,6 +49,11 @@ test: $(STAMP) tools
 	$(BIN)/mypy
 	ORDERMESH_REQUIRE_TOOLS=1 $(BIN)/pytest
 
+# Hostile-input fuzzing at full size: over 10 000 generated requests against a real
+# nats-server (`make test` runs the same tests with a few examples each).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz -p no:cacheprovider
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,6 +67,10 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ordermesh .mypy_cache .ruff_cache .pytest_cache
+
+# The long fault-injection runs (tests/chaos): several hundred orders per fault, minutes.
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos -rA tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/ordermesh bench --json bench-results.json

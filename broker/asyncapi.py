@@ -360,6 +360,15 @@ def _dead_letters(
                 "type": "string",
                 "description": f"its sequence in {EVENTS_STREAM}",
             },
+            dead_letters.H_DELIVERIES: {
+                "type": "string",
+                "description": "how often the consumer tried to apply it (an integer)",
+            },
+            dead_letters.H_SUBJECT: {"type": "string", "description": "the original subject"},
+            dead_letters.H_TIME: {
+                "type": "string",
+                "description": "when it was set aside (RFC 3339)",
+            },
         },
         "required": [dead_letters.H_REASON, dead_letters.H_CONSUMER, dead_letters.H_SEQUENCE],
         "additionalProperties": {"type": "string"},

@@ -18,13 +18,14 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker import lease
 from broker.subjects import heartbeat_subject
 from broker.tasks import cancel_and_wait
 from telemetry.runtime import projections, snapshot
@@ -103,6 +104,8 @@ class HeartbeatMessage(_Frozen):
     runtime: RuntimeReport
     projections: tuple[ProjectionReport, ...] = Field(default=(), max_length=50)
     totals: TotalsReport = Field(default_factory=TotalsReport)
+    roles: dict[_Name, Literal["leader", "standby"]] = Field(default_factory=dict, max_length=10)
+    """The singletons this process runs (relay, saga, projections): leading or standing by."""
 
 
 class Heartbeat:
@@ -152,6 +155,7 @@ class Heartbeat:
                 "runtime": snapshot(),
                 "projections": projections(),
                 "totals": totals(),
+                "roles": lease.roles(),
             }
         )
 

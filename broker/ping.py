@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from broker.connection import request_served
-from broker.subjects import ping_subjects
+from broker.subjects import ping_subjects, reply_allowed
 
 PING_RESPONSE = "io.nats.micro.v1.ping_response"
 
@@ -61,7 +61,7 @@ class PingResponder:
         self._subs.clear()
 
     async def _answer(self, msg: Msg) -> None:
-        if msg.reply:
+        if msg.reply and reply_allowed(msg.reply):
             await self._nc.publish(msg.reply, self._reply)
 
     async def answers(self, timeout: float = 2.0) -> bool:

@@ -117,7 +117,7 @@ class SagaService:
                 try:
                     placed = OrderPlaced.model_validate_json(recorded.data)
                 except ValidationError:
-                    continue  # set aside in the DLQ by the projector, not a saga
+                    continue  # never here: the projector passes on only what it applied
                 self._enqueue(placed, trigger_context(str(recorded.id), recorded.metadata))
 
     def _enqueue(self, placed: OrderPlaced, ctx: MessageContext) -> None:

@@ -26,7 +26,7 @@ from broker import replies
 from broker.cloudevents import decode_context
 from broker.ping import PingResponder
 from broker.replies import RequestError
-from broker.subjects import type_from_subject
+from broker.subjects import reply_allowed, type_from_subject
 from domain.errors import CodedError, Unresponsive
 from domain.event_store import EventStoreUnavailable
 from domain.metadata import MessageContext
@@ -162,7 +162,13 @@ class RequestService:
             if error is not None:
                 tracing.fail(span, *error)
                 count(self._metrics.errors, label, error[0])
-            if msg.reply:
+            if msg.reply and not reply_allowed(msg.reply):
+                _log(ctx, msg_type).warning(
+                    "{} asked for its reply on {!r}, a system subject; not sent",
+                    msg_type,
+                    msg.reply,
+                )
+            elif msg.reply:
                 # No headers: the requester knows its own ids, and parsing headers is the
                 # most expensive part of a small reply for every NATS client.
                 await self._nc.publish(msg.reply, reply)

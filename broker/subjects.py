@@ -98,8 +98,44 @@ def heartbeat_subject(service: str) -> str:
     return HEARTBEAT_PREFIX + service
 
 
+#: Where no reply may go: a request's reply subject is the requester's choice, and a
+#: service answering on ``events.order.placed`` would publish into ``EVENTS`` for it
+#: (``allow_responses`` lets a reply through whatever the service's own permissions say).
+_NO_REPLY_PREFIXES = (
+    COMMANDS_PREFIX,
+    EVENTS_PREFIX,
+    QUERIES_PREFIX,
+    SAGAS_PREFIX,
+    DLQ_PREFIX,
+    "ordermesh.",
+    "$JS.",
+    "$KV.",
+    "$SRV.",
+    "$SYS.",
+)
+
+
+def reply_allowed(subject: str) -> bool:
+    """Whether a service may answer on ``subject``: anything but the system's own
+    subjects (an inbox, whatever its prefix, is fine)."""
+    return not subject.startswith(_NO_REPLY_PREFIXES)
+
+
 def dlq_subject(subject: str) -> str:
     return DLQ_PREFIX + subject
+
+
+#: Where each consumer of ``EVENTS`` takes requests to apply again what it set aside in
+#: ``DLQ`` (``ordermesh dlq retry``). Not under ``dlq.``: that prefix is the stream's.
+DLQ_RETRY_PREFIX = "ordermesh.dlq.retry."
+
+
+def dlq_retry_subject(consumer: str) -> str:
+    """``ordermesh.dlq.retry.<consumer>``: one subject per consumer name (``saga_inbox``,
+    ``products+orders+sagas``), so a retry reaches the consumer that failed and no other."""
+    if not consumer or any(c in consumer for c in ".*> \t\r\n"):
+        raise ValueError(f"consumer name {consumer!r} cannot be one subject token")
+    return DLQ_RETRY_PREFIX + consumer
 
 
 def subject_label(subject: str, known_types: Container[str] = ()) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from domain.errors import InsufficientStock, InvalidState
 from domain.messages import Command, Event, Identifier, Message
-from domain.product import Quantity
+from domain.product import Quantity, per_product_within_limit
 
 ReservationStatus = Literal["none", "reserved", "failed", "released"]
 
@@ -29,7 +29,7 @@ class StockLine(Message):
     quantity: Quantity
 
 
-Lines = Annotated[list[StockLine], Field(max_length=100)]
+Lines = Annotated[list[StockLine], Field(max_length=100), AfterValidator(per_product_within_limit)]
 
 
 def merge_lines(lines: list[StockLine]) -> list[StockLine]:
@@ -44,7 +44,11 @@ class ReserveInventory(Command):
     TYPE: ClassVar[str] = "inventory.reserve"
     AGGREGATE: ClassVar[str] = "inventory"
     order_id: Identifier
-    items: Annotated[list[StockLine], Field(min_length=1, max_length=100)]
+    items: Annotated[
+        list[StockLine],
+        Field(min_length=1, max_length=100),
+        AfterValidator(per_product_within_limit),
+    ]
 
 
 class ReleaseInventory(Command):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from domain.errors import (
     AmountTooLarge,
@@ -20,7 +20,7 @@ from domain.ids import new_uuid
 from domain.messages import Command, Event, Identifier, Message
 from domain.money import MAX_AMOUNT, Money
 from domain.payment import PaymentMethod
-from domain.product import Product, Quantity
+from domain.product import Product, Quantity, per_product_within_limit
 from domain.shipping import ShippingAddress
 
 OrderStatus = Literal["pending", "confirmed", "cancelled"]
@@ -55,7 +55,11 @@ class PlaceOrder(Command):
     AGGREGATE: ClassVar[str] = "order"
     order_id: Identifier = Field(default_factory=new_order_id)
     customer_id: Identifier
-    items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+    items: Annotated[
+        list[OrderLine],
+        Field(min_length=1, max_length=100),
+        AfterValidator(per_product_within_limit),
+    ]
     payment_method: PaymentMethod = "card"
     shipping_address: ShippingAddress | None = None
 

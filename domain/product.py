@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -16,8 +16,32 @@ from domain.errors import InsufficientStock, ProductAlreadyExists, ProductNotFou
 from domain.messages import Command, Event, Identifier
 from domain.money import Money
 
-Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000)]
+Quantity = Annotated[int, Field(strict=True, gt=0, le=1_000_000)]  # MAX_QUANTITY
 StockLevel = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
+
+MAX_QUANTITY = 1_000_000
+
+
+class HasQuantity(Protocol):
+    product_id: str
+    quantity: int
+
+
+L = TypeVar("L", bound=HasQuantity)
+
+
+def per_product_within_limit(lines: list[L]) -> list[L]:
+    """A validator of a command's lines: a product may be listed on several lines, but
+    together they may not ask for more than one line may. Reservations merge lines per
+    product, and a merged line past the limit could not be built (or stored and read)."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.product_id] = totals.get(line.product_id, 0) + line.quantity
+        if totals[line.product_id] > MAX_QUANTITY:
+            raise ValueError(
+                f"product {line.product_id!r}: the lines add up to more than {MAX_QUANTITY}"
+            )
+    return lines
 
 
 def stream_name(product_id: str) -> str:

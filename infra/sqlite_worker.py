@@ -21,9 +21,17 @@ class SQLiteWorker:
     """Run callables against a WAL-mode connection in a dedicated thread."""
 
     def __init__(
-        self, path: Path, schema: str, *, synchronous: str = "NORMAL", name: str = "sqlite"
+        self,
+        path: Path,
+        schema: str,
+        *,
+        synchronous: str = "NORMAL",
+        name: str = "sqlite",
+        busy_timeout: float = 10.0,
     ) -> None:
         self.path = path
+        #: Seconds a statement waits for another connection's lock before it fails.
+        self.busy_timeout = busy_timeout
         self._schema = schema
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -35,7 +43,7 @@ class SQLiteWorker:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         conn.executescript(self._schema)
         return conn
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagas.policy import SagaPolicy
@@ -18,6 +18,23 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(
         default=None,
         description="NATS server to use; unset means `up` starts an embedded one",
+    )
+    # How to reach a server that wants credentials or TLS (docs/operations.md#nats-users-
+    # and-permissions): each service runs as its own NATS user (infra/nats/auth.conf).
+    nats_user: str | None = Field(default=None, description="NATS user")
+    nats_password: SecretStr | None = Field(
+        default=None, description="its password (never logged: SecretStr)"
+    )
+    nats_token: SecretStr | None = Field(default=None, description="NATS token, instead")
+    nats_creds: Path | None = Field(
+        default=None, description="NATS credentials file (JWT and NKey seed), instead"
+    )
+    nats_tls_ca: Path | None = Field(default=None, description="CA certificate of the server")
+    nats_tls_cert: Path | None = Field(default=None, description="client certificate (mTLS)")
+    nats_tls_key: Path | None = Field(default=None, description="its key")
+    nats_inbox_prefix: str | None = Field(
+        default=None,
+        description="where replies arrive, e.g. _INBOX.relay: the user's own inboxes",
     )
     eventstore_url: str | None = Field(
         default=None,
@@ -48,6 +65,13 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=1.0, description="share of card payments the simulator declines"
     )
     sim_seed: int = Field(default=0, description="seed of the simulator's failure choice")
+    lease_ttl: float = Field(
+        default=3.0,
+        gt=0.5,
+        le=60.0,
+        description="seconds a relay, saga or projections lease lasts unrenewed: a standby"
+        " takes over within about this long after the holder dies",
+    )
     idempotency_window: float = Field(
         default=600.0,
         ge=120.0,

@@ -8,6 +8,15 @@ so neither a crash nor a replay can apply an event twice or skip one.
 Each projection also declares a schema ``version``: ``CREATE TABLE IF NOT EXISTS``
 keeps a table of an older shape, so :func:`ensure_schema` replaces a projection whose
 stored version differs and zeroes its checkpoint, and the projector replays it.
+
+An event a projection could not apply is set aside (the broker puts it in ``DLQ``): its
+checkpoint moves past it, and a row in ``projection_dead_letters``, written in the same
+transaction, says so. A retry applies the event out of order, bypassing the position
+check, so that row is what keeps it exactly-once: a retry applies only an event set
+aside and not applied since, and marks it applied in its own transaction. A rebuild
+(:func:`reset`, then a replay of the whole store) applies every event, so it marks the
+projection's rows applied too; a replacement (:func:`ensure_schema`) deletes them, and
+the replay sets aside again whatever still fails.
 """
 
 from __future__ import annotations
@@ -29,7 +38,22 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     sequence   INTEGER NOT NULL,
     updated_at TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    projection   TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    position     INTEGER NOT NULL,
+    sequence     INTEGER NOT NULL,
+    dlq_sequence INTEGER NOT NULL,
+    set_aside_at TEXT    NOT NULL,
+    applied_from INTEGER,
+    applied_at   TEXT,
+    PRIMARY KEY (projection, event_id)
+);
 """
+"""``projection_dead_letters``: the events each projection's feed set aside. ``position`` and
+``sequence`` are the event's in the store and ``EVENTS``, ``dlq_sequence`` its copy's in
+``DLQ``; ``applied_from`` is the ``DLQ`` message a retry applied it from (0: a rebuild) and
+``applied_at`` when, both ``NULL`` while it is missing from the model."""
 
 VERSION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_versions (
@@ -102,16 +126,121 @@ def apply_batch(
 
 
 def advance(db: sqlite3.Connection, projection: Projection, cp: Checkpoint) -> None:
-    """Move the checkpoint past an event without applying it (it went to the DLQ)."""
+    """Move the checkpoint forward without applying anything."""
     if checkpoint(db, projection.name) < cp:
         _set_checkpoint(db, projection.name, cp)
 
 
+def set_aside(
+    db: sqlite3.Connection,
+    projection: Projection,
+    recorded: RecordedEvent,
+    sequence: int,
+    dlq_sequence: int,
+) -> None:
+    """Move the checkpoint past an event that went to ``DLQ``, and note it; call in one
+    transaction with the other projections fed with it.
+
+    Only the ``EVENTS`` sequence moves, not the store position, which nothing vouches for
+    (a later real event may carry it). Set aside again (a replay), the event is missing
+    from the model again, whatever a retry did before.
+    """
+    cp = checkpoint(db, projection.name)
+    advance(db, projection, Checkpoint(cp.position, max(cp.sequence, sequence)))
+    if recorded.type not in projection.event_types:
+        return  # the event misses nothing here: only the projections that take it note it
+    db.execute(
+        "INSERT INTO projection_dead_letters (projection, event_id, position, sequence,"
+        " dlq_sequence, set_aside_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (projection, event_id) DO UPDATE SET position = excluded.position,"
+        " sequence = excluded.sequence, dlq_sequence = excluded.dlq_sequence,"
+        " set_aside_at = excluded.set_aside_at, applied_from = NULL, applied_at = NULL",
+        (
+            projection.name,
+            str(recorded.id),
+            recorded.position,
+            sequence,
+            dlq_sequence,
+            datetime.now(UTC).isoformat(),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A projection's record of an event it set aside."""
+
+    projection: str
+    applied: bool
+    """Applied since, by a retry or a rebuild."""
+
+
+def set_aside_records(
+    db: sqlite3.Connection, projections: Iterable[Projection], event_id: str
+) -> list[SetAside]:
+    """Which of ``projections`` set the event aside, and whether it was applied since."""
+    names = [p.name for p in projections]
+    marks = ", ".join("?" * len(names))
+    rows = db.execute(
+        "SELECT projection, applied_at IS NOT NULL FROM projection_dead_letters"
+        f" WHERE event_id = ? AND projection IN ({marks})",
+        (event_id, *names),
+    ).fetchall()
+    return [SetAside(str(name), bool(applied)) for name, applied in rows]
+
+
+def applied_from(
+    db: sqlite3.Connection, projections: Iterable[Projection], dlq_sequence: int
+) -> str | None:
+    """The event a retry of that ``DLQ`` message applied to one of ``projections``, if
+    one did: the answer to a retry asked again after the message left ``DLQ``."""
+    names = [p.name for p in projections]
+    marks = ", ".join("?" * len(names))
+    row = db.execute(
+        "SELECT event_id FROM projection_dead_letters"
+        f" WHERE applied_from = ? AND projection IN ({marks})",
+        (dlq_sequence, *names),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def apply_set_aside(
+    db: sqlite3.Connection,
+    projection: Projection,
+    event: Event,
+    recorded: RecordedEvent,
+    dlq_sequence: int,
+) -> None:
+    """Apply an event the projection set aside, out of order, and mark it applied; call
+    in one transaction, after :func:`set_aside_records` said it is not applied yet.
+
+    The checkpoint's position moves up to the event's if it was lower (nothing after it
+    was applied yet), so a replay of a recreated ``EVENTS`` skips it too.
+    """
+    projection.apply(db, event, recorded)
+    cp = checkpoint(db, projection.name)
+    advance(db, projection, Checkpoint(max(cp.position, recorded.position), cp.sequence))
+    db.execute(
+        "UPDATE projection_dead_letters SET applied_from = ?, applied_at = ?"
+        " WHERE projection = ? AND event_id = ?",
+        (dlq_sequence, datetime.now(UTC).isoformat(), projection.name, str(recorded.id)),
+    )
+
+
 def reset(db: sqlite3.Connection, projection: Projection) -> None:
-    """Empty the model and its checkpoint, ready for a replay from position 0."""
+    """Empty the model and its checkpoint, ready for a replay from position 0.
+
+    The replay (a rebuild, in the same transaction) applies every stored event or fails
+    and rolls this back: the events the projection had set aside count as applied.
+    """
     for table in projection.tables:
         db.execute(f"DELETE FROM {table}")
     _set_checkpoint(db, projection.name, Checkpoint())
+    db.execute(
+        "UPDATE projection_dead_letters SET applied_from = 0, applied_at = ?"
+        " WHERE projection = ? AND applied_at IS NULL",
+        (datetime.now(UTC).isoformat(), projection.name),
+    )
 
 
 def ensure_schema(db: sqlite3.Connection, projections: Iterable[Projection]) -> list[str]:
@@ -139,6 +268,11 @@ def ensure_schema(db: sqlite3.Connection, projections: Iterable[Projection]) -> 
                     for table in projection.tables:
                         db.execute(f"DROP TABLE IF EXISTS {table}")
                     _set_checkpoint(db, projection.name, Checkpoint())
+                    # The replay from EVENTS applies what now applies, sets aside the rest.
+                    db.execute(
+                        "DELETE FROM projection_dead_letters WHERE projection = ?",
+                        (projection.name,),
+                    )
                     if existing:
                         replaced.append(projection.name)
             # Always: an added index needs no version bump, as before versions were kept.

@@ -42,9 +42,12 @@ TIMEOUT = "timeout"
 
 #: Failures whose outcome is unknown (the request may have taken effect): retried while
 #: the step has time and attempts left, and the step itself is undone if it gives up.
+#: The saga could not reach NATS (never a service's answer): the attempt is not counted.
+UNAVAILABLE = "unavailable"
 RETRYABLE = frozenset(
     {
         TIMEOUT,
+        UNAVAILABLE,
         "no_responders",
         "concurrency_conflict",
         "payment_unavailable",
@@ -86,6 +89,16 @@ class StepStarted(SagaEvent):
     step: str
     deadline: datetime
     """When the step gives up; persisted, so a restarted runner keeps the same deadline."""
+
+
+class StepPostponed(SagaEvent):
+    """The step's deadline moved by the time the saga could not reach NATS: an outage
+    delays replies, it does not fail the step (see ``SagaRunner``)."""
+
+    TYPE: ClassVar[str] = f"{SAGA_TYPE}.step_postponed"
+    step: str
+    deadline: datetime
+    outage_seconds: float
 
 
 class StepCompleted(SagaEvent):
@@ -136,6 +149,7 @@ class SagaFailed(SagaEvent):
 SAGA_EVENTS: tuple[type[SagaEvent], ...] = (
     SagaStarted,
     StepStarted,
+    StepPostponed,
     StepCompleted,
     StepFailed,
     Compensating,
@@ -182,6 +196,9 @@ class Saga:
                 self.shipping_address, self.started_at = event.shipping_address, event.started_at
             case StepStarted():
                 self.step, self.deadline, self.failures = event.step, event.deadline, 0
+            case StepPostponed():
+                if self.step == event.step:
+                    self.deadline = event.deadline
             case StepCompleted():
                 self.completed.append(event.step)
             case StepFailed():
@@ -275,6 +292,20 @@ class Saga:
         if not will_retry:
             events.append(self._compensating(step, code, message))
         return events
+
+    def postpone(self, step: str, outage_seconds: float) -> list[Event]:
+        """Move the current step's deadline by an outage's length."""
+        if not self._current(step) or self.deadline is None or outage_seconds <= 0:
+            return []
+        deadline = self.deadline + timedelta(seconds=outage_seconds)
+        return [
+            StepPostponed(
+                saga_id=self.saga_id,
+                step=step,
+                deadline=deadline,
+                outage_seconds=round(outage_seconds, 3),
+            )
+        ]
 
     def deadline_passed(self, step: str, now: datetime) -> list[Event]:
         if not self._current(step) or self.deadline is None or now < self.deadline:

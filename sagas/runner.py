@@ -36,6 +36,7 @@ from sagas.order_fulfillment import (
     SAGA_TYPE,
     STEPS,
     TIMEOUT,
+    UNAVAILABLE,
     UNDO,
     Saga,
     SagaCompleted,
@@ -58,6 +59,11 @@ from telemetry.metrics import (
 )
 
 SOURCE = "ordermesh.saga"
+NO_RESPONDERS = "no_responders"
+#: Replies that mean the step's service was not reached: the attempt does not count.
+UNREACHABLE = frozenset({UNAVAILABLE, NO_RESPONDERS})
+#: The least pause before a step is sent again after "no responders".
+NO_RESPONDERS_PAUSE = 0.1
 INVALID_STATE = InvalidState.code
 
 
@@ -72,7 +78,13 @@ class Reply:
 
 
 class CommandBus(Protocol):
-    async def send(self, command: Command, ctx: MessageContext, timeout: float) -> Reply: ...
+    async def send(self, command: Command, ctx: MessageContext, timeout: float) -> Reply:
+        """The reply; ``UNAVAILABLE`` when NATS was out of reach at any time during it."""
+        ...
+
+    async def until_connected(self) -> None:
+        """Return once NATS can be reached again."""
+        ...
 
 
 def utcnow() -> datetime:
@@ -250,8 +262,31 @@ class SagaRunner:
             count(saga_step_retries, SAGA_TYPE, step)
         with self._span(step, trigger, saga.saga_id, step=step, attempt=attempt) as span:
             ctx = self._command_ctx(trigger, saga, command, f"{step}:{attempt}")
-            sent = time.perf_counter()
+            sent, sent_at = time.perf_counter(), self.clock()
             reply = await self.bus.send(command, ctx, min(policy.attempt_timeout, remaining))
+            tried_at = sent_at
+            while reply.code in UNREACHABLE:
+                # The step's service could not be reached: NATS was out of reach (the
+                # reply may only be late) or nothing serves the subject (a service
+                # restarting). Not an attempt, and not the step's time: wait, then send the
+                # same attempt again (same command id: the service applies it once).
+                tracing.fail(span, reply.code, reply.message)
+                try:
+                    if reply.code == UNAVAILABLE:
+                        await self.bus.until_connected()
+                    else:
+                        await asyncio.sleep(max(policy.delay(attempt), NO_RESPONDERS_PAUSE))
+                except asyncio.CancelledError:
+                    # Stopped while waiting (the driver stands down when it cannot renew
+                    # its lease, which an outage causes): keep the time lost so far, so
+                    # the driver that resumes the saga does not find the deadline passed.
+                    await self._postpone(saga, step, attempt, trigger, sent_at)
+                    raise
+                tried_at = self.clock()
+                reply = await self.bus.send(command, ctx, policy.attempt_timeout)
+            if tried_at != sent_at:
+                # The deadline moves by the time the service was out of reach.
+                saga = await self._postpone(saga, step, attempt, trigger, sent_at, tried_at)
             # Inside the step's span: its trace id becomes the exemplar.
             observe(saga_step_duration, time.perf_counter() - sent, SAGA_TYPE, step)
             if reply.ok:
@@ -273,6 +308,25 @@ class SagaRunner:
                     step, attempt, reply.code, reply.message, self.clock(), self.policy
                 ),
             )
+
+    async def _postpone(
+        self,
+        saga: Saga,
+        step: str,
+        attempt: int,
+        trigger: MessageContext,
+        since: datetime,
+        until: datetime | None = None,
+    ) -> Saga:
+        """Move the step's deadline by the time from ``since`` to ``until`` (now)."""
+        lost = ((until or self.clock()) - since).total_seconds()
+        assert saga.deadline is not None  # a running step has one
+        return await self._record(
+            saga.saga_id,
+            f"{step}:{attempt}:postponed:{saga.deadline.isoformat()}",
+            trigger,
+            lambda s: s.postpone(step, lost),
+        )
 
     async def _compensate(self, saga: Saga, trigger: MessageContext) -> Saga:
         action = saga.pending[0]

@@ -124,6 +124,12 @@ relay_position = CallbackGauge(
     "ordermesh_relay_position",
     "Store position of the newest event JetStream acknowledged to the relay",
 )
+leader = Gauge(
+    "ordermesh_leader",
+    "1 while this process holds the role's lease and runs it (relay, saga, projections);"
+    " 0 while it stands by",
+    ["role"],
+)
 projection_position = Gauge(
     "ordermesh_projection_position",
     "Store position of the newest event a projection has applied",

@@ -42,6 +42,7 @@ ORDERMESH_METRICS: dict[str, Family] = {
     "ordermesh_event_loop_lag_seconds": _f("gauge"),
     "ordermesh_eventstore_head_position": _f("gauge"),
     "ordermesh_relay_position": _f("gauge"),
+    "ordermesh_leader": _f("gauge", "role"),
     "ordermesh_projection_position": _f("gauge", "projection"),
     "ordermesh_projection_backlog_messages": _f("gauge", "consumer"),
     "ordermesh_jetstream_stream_messages": _f("gauge", "stream"),

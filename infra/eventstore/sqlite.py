@@ -83,6 +83,11 @@ CHECKPOINT_EVERY = 1000
 #: Seconds a command id stays recorded: at least JetStream's duplicate window (2 min),
 #: within which a client's resend is sure to be recognised.
 DEFAULT_IDEMPOTENCY_WINDOW = 600.0
+#: Seconds an append waits for a write lock held by another connection (another process
+#: writing, a backup, an operator's open transaction) before it fails as unavailable:
+#: shorter than a client's request timeout, so the client hears ``store_unavailable``
+#: instead of nothing, and the queue behind it does not grow for long.
+LOCK_WAIT = 2.0
 #: Commands recorded between two sweeps of the expired ones.
 PRUNE_EVERY = 1000
 #: Commits that do not sync may run on the loop's thread.
@@ -159,7 +164,9 @@ class SQLiteEventStore:
             path = sqlite_path_from_url(url_or_path)
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
-        worker = SQLiteWorker(path, _SCHEMA, synchronous=synchronous, name="event-store")
+        worker = SQLiteWorker(
+            path, _SCHEMA, synchronous=synchronous, name="event-store", busy_timeout=LOCK_WAIT
+        )
         store = cls(worker, poll_interval, idempotency_window)
         await store._run(lambda _db: None)  # creates the file, WAL mode and the schema
         if synchronous in _UNSYNCED:

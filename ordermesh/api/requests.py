@@ -20,6 +20,7 @@ from ordermesh.outgoing import build, child_traceparent
 from telemetry import tracing
 
 SOURCE = "api"
+UNAVAILABLE = "unavailable"
 TIMEOUT = 10.0
 
 
@@ -45,6 +46,11 @@ async def send(nc: NATS, subject: str, body: dict[str, Any], timeout: float = TI
     ) as span:
         traceparent = tracing.traceparent_of(span) or child_traceparent(None)
         out = build(subject, json.dumps(body), traceparent=traceparent, source=SOURCE)
+        if not nc.is_connected:
+            # nats-py would buffer the request until it reconnects, and the caller would
+            # wait its whole timeout: say at once that NATS is out of reach.
+            tracing.fail(span, UNAVAILABLE, subject)
+            raise Refused(UNAVAILABLE, "NATS is out of reach; try again shortly")
         try:
             reply = await nc.request(subject, out.body, timeout=timeout, headers=out.headers)
         except NoRespondersError:

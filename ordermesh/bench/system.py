@@ -230,7 +230,7 @@ async def offered_load(
 async def read_model_latency(
     nc: NATS, app: App, products: list[str], *, duration: float, ramp_duration: float
 ) -> list[Result]:
-    projector = next(c for c in app.components if isinstance(c, Projector))
+    projector = app.component(Projector)
     clock = ApplyClock(projector)
     try:
         fixed = await offered_load(nc, clock, products, rate=200, duration=duration)

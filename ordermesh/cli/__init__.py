@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ordermesh.cli import demo, messages, serve, tap, tools
+from ordermesh.cli import demo, dlq, messages, serve, status, tap, tools
 from ordermesh.cli.app import app
 
-__all__ = ["app", "demo", "main", "messages", "serve", "tap", "tools"]
+__all__ = ["app", "demo", "dlq", "main", "messages", "serve", "status", "tap", "tools"]
 
 
 def main() -> None:

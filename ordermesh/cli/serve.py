@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from broker.connection import redact_url
 from broker.tasks import cancel_and_wait
 from ordermesh import runtime
 from ordermesh.api.process import STOP_WITH_STDIN, MonitorProcess
@@ -83,7 +84,7 @@ def _banner(application: App) -> None:
     server = application.nats_server
     lines = [
         "[bold green]ordermesh is up[/]",
-        f"  NATS            {application.nats_url}"
+        f"  NATS            {redact_url(application.nats_url)}"
         + ("  (embedded nats-server, JetStream)" if server else ""),
     ]
     if server is not None:

@@ -221,7 +221,7 @@ async def _tap(nats: NatsOptions, options: TapOptions, output: _Output, stats: b
         await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
         if session.ready.is_set():
             what = "replaying" if options.replay else "tapping"
-            console.print(f"[dim]{what} {' '.join(options.subjects)} on {nats.server}[/]")
+            console.print(f"[dim]{what} {' '.join(options.subjects)} on {nats.shown}[/]")
         await running
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")

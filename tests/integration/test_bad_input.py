@@ -12,7 +12,8 @@ from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
-from tests.conftest import CORE_SERVICES, request, settings_for
+from tests.conftest import CORE_SERVICES, events_in_stream, eventually, request, settings_for
+from tests.integration.test_order_flow import stream_messages
 
 WIDGET = {"product_id": "p-1", "name": "Widget", "price": "12.50", "stock": 10}
 
@@ -65,9 +66,15 @@ CASES: list[tuple[str, str, Any, str]] = [
         "product_not_found",
     ),
     (
-        "total past the money limit",
+        "one product past a line's limit",
         "commands.order.place",
         order(items=[{"product_id": "p-1", "quantity": 1_000_000}] * 100),
+        "validation_error",  # one product's lines add up past a line's limit
+    ),
+    (
+        "total past the money limit",
+        "commands.order.place",
+        order(items=[{"product_id": f"p-{i}", "quantity": 1_000_000} for i in range(1, 82)]),
         "amount_too_large",
     ),
     ("unknown command", "commands.order.teleport", order(), "unknown_command"),
@@ -110,7 +117,17 @@ CASES: list[tuple[str, str, Any, str]] = [
 async def test_bad_input_is_refused_and_writes_nothing(
     app: App, nc: NATS, subject: str, body: Any, code: str
 ) -> None:
-    assert (await request(nc, "commands.product.create", WIDGET))["ok"]
+    # The catalogue: every p-<n> the body names, priced 12.50 (81 lines of a million pass
+    # the money limit); "nope" stays unknown.
+    items = body.get("items", []) if isinstance(body, dict) else []
+    named = {
+        i["product_id"]
+        for i in items
+        if isinstance(i, dict) and str(i.get("product_id", "")).startswith("p-")
+    }
+    for product_id in sorted(named | {"p-1"}):
+        product = WIDGET | {"product_id": product_id}
+        assert (await request(nc, "commands.product.create", product))["ok"]
     before = await stored_count(app)
     reply = await request(nc, subject, body)
     assert reply["ok"] is False
@@ -168,3 +185,24 @@ async def test_refusal_is_logged_with_the_trace_id(app: App, nc: NATS) -> None:
     assert refusals, records
     assert refusals[0]["extra"]["trace_id"] == trace_id
     assert refusals[0]["extra"]["correlation_id"] == "bad-1"
+
+
+async def test_a_reply_subject_in_the_system_namespace_gets_no_reply(app: App, nc: NATS) -> None:
+    """A requester chooses its reply subject: one naming ``events.…`` must not make the
+    service publish into EVENTS (nor ``$SRV.PING`` make the ping responder do so)."""
+    await nc.publish(
+        "commands.product.create", json.dumps(WIDGET).encode(), reply="events.product.created"
+    )
+    await nc.publish("$SRV.PING", b"", reply="events.product.created")
+    gadget = WIDGET | {"product_id": "p-2"}
+    assert (await request(nc, "commands.product.create", gadget))["ok"]
+
+    async def two_events() -> list[Any]:
+        if await events_in_stream(nc) < 2:  # EVENTS may not even exist yet
+            return []
+        msgs = await stream_messages(nc)
+        return msgs if len(msgs) >= 2 else []
+
+    msgs = await eventually(two_events)
+    # Both creates were stored and relayed; nothing else reached EVENTS.
+    assert [m.headers["ce-position"] for m in msgs] == ["1", "2"]

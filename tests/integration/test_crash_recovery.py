@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,9 @@ async def test_relay_fault_after_ack_recovers_exactly_once(
 
         # A relay that forgot its checkpoint republishes everything: JetStream drops it all.
         class Amnesiac(Relay):
-            async def checkpoint(self) -> int:
-                return 0
+            async def _resume_point(self) -> tuple[int, int]:
+                _, last_seq = await super()._resume_point()
+                return 0, last_seq
 
         amnesiac = Amnesiac(app.nc, app.store)  # type: ignore[arg-type]
         await amnesiac.start()
@@ -213,7 +215,7 @@ async def test_a_purged_events_stream_is_refilled_without_walking_its_old_sequen
         return await events_in_stream(nc) == 3
 
     await eventually(three)
-    relay = next(c for c in app.components if isinstance(c, Relay))
+    relay = app.component(Relay)
     js = nc.jetstream()
     await js.purge_stream("EVENTS")
     fetched: list[int] = []
@@ -274,9 +276,75 @@ async def test_projections_ride_out_a_server_restart(tmp_path: Path, how: str) -
         await eventually(restocked, timeout=30)
 
         await eventually(lambda: projected(15, 2), timeout=30)
-        projector = next(c for c in app.components if isinstance(c, Projector))
+        projector = app.component(Projector)
         assert projector.restarts >= 1, "the feed was never lost, so never reopened"
     finally:
         await client.close()
         await app.stop()
         await server.stop()
+
+
+async def test_a_tail_the_server_lost_is_published_again(tmp_path: Path) -> None:
+    """JetStream acknowledges before it syncs, so a server killed with -9 can come back
+    without messages it acknowledged. Simulated exactly: the server's store is put back
+    as it was before the last five events. The relay, idle by then, notices (EVENTS ends
+    before what was acknowledged) and publishes the lost tail again, in store order."""
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    await server.start()
+    app = App(settings_for(server, tmp_path), ("command", "relay"))
+    await app.start()
+    client = await connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    store_dir = tmp_path / "nats"
+    try:
+        assert (await request(client, "commands.product.create", WIDGET))["ok"]
+        for _ in range(4):
+            restock = {"product_id": "p-1", "quantity": 1}
+            assert (await request(client, "commands.product.restock", restock))["ok"]
+        await eventually(lambda: _events_at_least(client, 5))
+        await server.stop()
+        shutil.copytree(store_dir, tmp_path / "before")
+        await server.start()
+        for i in range(5):  # each resent under its id until the reconnected service answers
+            await eventually(lambda i=i: _restocked(client, f"after-{i}"), timeout=30)
+        await eventually(lambda: _events_at_least(client, 10))
+        relay = app.component(Relay)
+        assert relay.position == 10
+
+        await server.stop()  # back to the store as it was: the tail of five is gone
+        shutil.rmtree(store_dir)
+        shutil.copytree(tmp_path / "before", store_dir)
+        await server.start()
+
+        async def republished() -> list[int]:
+            try:
+                msgs = await stream_messages(client)
+            except Exception:  # reconnecting
+                return []
+            positions = [int(m.headers["ce-position"]) for m in msgs]
+            return positions if len(positions) >= 10 else []
+
+        positions = await eventually(republished, timeout=30)
+        assert positions == list(range(1, 11))
+        assert relay.rewinds == 1
+    finally:
+        await client.close()
+        await app.stop()
+        await server.stop()
+
+
+async def _events_at_least(client: NATS, n: int) -> bool:
+    try:
+        return await events_in_stream(client) >= n
+    except Exception:  # reconnecting
+        return False
+
+
+async def _restocked(client: NATS, command_id: str) -> bool:
+    restock = {"product_id": "p-1", "quantity": 1}
+    try:
+        reply = await request(
+            client, "commands.product.restock", restock, headers={"ce-id": command_id}, timeout=2
+        )
+    except Exception:
+        return False
+    return bool(reply["ok"])

@@ -1,4 +1,6 @@
-"""A poison message goes to the DLQ with its reason and never blocks the read models."""
+"""A poison message goes to the DLQ with its reason and never blocks the read models.
+
+More (deliveries, retries, the CLI): ``test_dlq``."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import uuid
 
 from nats.aio.client import Client as NATS
 
+from broker.projector import DEFAULT_MAX_DELIVERIES
 from ordermesh.app import App
 from tests.conftest import eventually, request
 
@@ -63,6 +66,9 @@ async def test_an_event_that_does_not_decode_is_set_aside_and_the_feed_goes_on(
     assert headers["ordermesh-dlq-consumer"] == "products+orders+sagas"
     assert headers["ordermesh-dlq-reason"].startswith("cannot apply")
     assert "price" in headers["ordermesh-dlq-reason"]
+    # Delivered again and again in case the cause passes: it did not.
+    assert headers["ordermesh-dlq-deliveries"] == str(DEFAULT_MAX_DELIVERIES)
+    assert headers["ordermesh-dlq-subject"] == "events.product.created"
     assert json.loads(data)["name"] == "broken"
     missing = await request(nc, "queries.product.get", {"product_id": "p-2"})
     assert missing["error"]["code"] == "product_not_found"
@@ -80,4 +86,5 @@ async def test_a_foreign_message_on_events_is_set_aside(app: App, nc: NATS) -> N
     [(subject, headers, data)] = await eventually(dead_lettered)
     assert subject == "dlq.events.somebody.else"
     assert headers["ordermesh-dlq-reason"].startswith("no ordermesh event headers")
+    assert headers["ordermesh-dlq-deliveries"] == "1"  # not an event: no delivery can help
     assert data == b"not json at all"

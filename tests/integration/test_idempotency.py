@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -146,5 +148,34 @@ async def test_records_leave_the_window_and_are_swept(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / "events.db") as db:
             ids = [row[0] for row in db.execute("SELECT command_id FROM commands")]
         assert "x" not in ids and len(ids) < PRUNE_EVERY
+    finally:
+        await store.close()
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(300)
+async def test_memory_after_100k_commands_on_one_hot_product(tmp_path: Path) -> None:
+    """The long version (``make chaos``): 100 000 restocks of one product, each a new
+    command id. What the executor keeps for that stream stays at ``CAUSED_KEEP`` ids; the
+    memory the run leaves allocated is printed and bounded."""
+    store = await SQLiteEventStore.open(tmp_path / "events.db")
+    try:
+        ex = CommandExecutor(store)
+        create = CreateProduct(product_id="p", name="n", price="1.00", stock=0)  # type: ignore[arg-type]
+        await product_handlers.create(ex, create, ctx("c", create))
+        restock = Restock(product_id="p", quantity=1)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(100_000):
+                await product_handlers.restock(ex, restock, ctx(f"r{i}", restock))
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        print(f"\n100 000 commands on one stream: {grown / 1024:.0f} KiB still allocated")
+        assert len(ex._cache["product-p"].caused) == CAUSED_KEEP
+        assert grown < 1024 * 1024  # one id per command would be ~10 MiB
     finally:
         await store.close()

@@ -419,6 +419,7 @@ def every_saga_event() -> list[SagaEvent]:
     fold(failing, failing.action_done("refund_payment"))
     fold(failing, failing.action_done("release_inventory"))
     produced += failing.action_done("cancel_order")
+    produced += at_step("arrange_shipping").postpone("arrange_shipping", 10.0)
     refused = started()
     produced += refused.step_failed("reserve_inventory", 1, "insufficient_stock", "no", T0, POLICY)
     events = [e for e in produced if isinstance(e, SagaEvent)]
@@ -442,3 +443,15 @@ def test_saga_events_have_saga_subjects_and_order_events_do_not() -> None:
         assert event_subject(cls.TYPE) == f"sagas.order_fulfillment.{transition}"
     assert event_subject(OrderPlaced.TYPE) == "events.order.placed"
     assert decode_event(OrderPlaced.TYPE, placed().model_dump_json().encode()) == placed()
+
+
+def test_an_outage_moves_the_current_steps_deadline_and_nothing_else() -> None:
+    saga = at_step("process_payment")
+    assert saga.deadline is not None
+    before = saga.deadline
+    events = saga.postpone("process_payment", 12.5)
+    fold(saga, events)
+    assert saga.deadline == before + timedelta(seconds=12.5)
+    assert saga.failures == 0 and saga.step == "process_payment"
+    assert saga.postpone("reserve_inventory", 5.0) == []  # not the current step
+    assert saga.postpone("process_payment", 0.0) == []

@@ -35,6 +35,7 @@ from sagas.order_fulfillment import (
     SagaStarted,
     StepCompleted,
     StepFailed,
+    StepPostponed,
     StepStarted,
     stream_name,
 )
@@ -116,6 +117,8 @@ class FakeBus:
         self.silent: set[str] = set()
         self._never = asyncio.Event()
         self._sent_one = asyncio.Event()
+        self.outage = 0.0
+        self.reconnections = 0
 
     async def send(self, command: Command, ctx: MessageContext, timeout: float) -> Reply:
         at = self.clock() if self.clock else datetime.now(UTC)
@@ -134,6 +137,12 @@ class FakeBus:
                 await asyncio.sleep(timeout)  # a request nobody answers, for real
             return Reply(False, code="timeout", message=f"no reply in {timeout} s")
         return Reply(True, data={})
+
+    async def until_connected(self) -> None:
+        """NATS comes back after ``outage`` seconds (on the fake clock)."""
+        self.reconnections += 1
+        if isinstance(self.clock, Clock):
+            self.clock.advance(self.outage)
 
     async def received(self, command_type: str, count: int = 1) -> None:
         """Wait until ``count`` commands of the type have been sent."""
@@ -343,6 +352,45 @@ async def test_a_retryable_failure_is_retried_until_it_succeeds(store: SQLiteEve
     assert paid.attempts == 3
     # Retries stay within the step: it was started once.
     assert len(step_started(events, "process_payment")) == 1
+
+
+async def test_an_outage_longer_than_the_step_postpones_it_and_costs_no_attempt(
+    store: SQLiteEventStore,
+) -> None:
+    """NATS out of reach for longer than the payment step may take: the reply was only
+    delayed, so the step's deadline moves by the outage, the same attempt is sent again
+    (same command id: applied once), and the order is not cancelled."""
+    clock = Clock()
+    bus = FakeBus(clock)
+    bus.outage = fast_policy().process_payment.timeout * 3
+    lost = Reply(False, code="unavailable", message="NATS connection lost meanwhile")
+    bus.script["payment.process"] = [lost, Reply(True, data={"payment_id": "p"})]
+    saga = await runner_for(store, bus, clock).run(placed(), TRIGGER)
+
+    assert saga.status == "completed" and bus.reconnections == 1
+    assert [s.id for s in bus.of("payment.process")] == [
+        "o-1:process_payment:1",
+        "o-1:process_payment:1",
+    ]
+    events = await saga_events(store)
+    assert not [e for e in events if isinstance(e, StepFailed)]
+    (started,) = step_started(events, "process_payment")
+    (postponed,) = [e for e in events if isinstance(e, StepPostponed)]
+    assert postponed.deadline == started.deadline + timedelta(seconds=bus.outage)
+
+
+async def test_no_responders_is_not_an_attempt(store: SQLiteEventStore) -> None:
+    """A service restarting answers nothing for a moment: nothing was done, so the same
+    attempt is sent again and no retry is used up."""
+    clock = Clock()
+    bus = FakeBus(clock)
+    nobody = Reply(False, code="no_responders", message="nobody serves it")
+    bus.script["payment.process"] = [nobody, nobody, Reply(True, data={"payment_id": "p"})]
+    saga = await runner_for(store, bus, clock).run(placed(), TRIGGER)
+
+    assert saga.status == "completed"
+    assert [s.id for s in bus.of("payment.process")] == ["o-1:process_payment:1"] * 3
+    assert not [e for e in await saga_events(store) if isinstance(e, StepFailed)]
 
 
 # -- compensation -------------------------------------------------------------------------
