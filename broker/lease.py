@@ -199,7 +199,7 @@ class Singleton:
             await cancel_and_wait(self._task)
             self._task = None
         if self.leading:
-            await self._step_down("stopping")
+            await self._step_down("stopping", level="INFO")
             with contextlib.suppress(Exception):
                 if self._kv is not None:
                     # Hand over at once: the standby's next try finds the key gone.
@@ -309,10 +309,10 @@ class Singleton:
             return
         self._confirmed = asked
 
-    async def _step_down(self, why: str) -> None:
+    async def _step_down(self, why: str, level: str = "WARNING") -> None:
         if not self.leading:
             return
-        logger.warning("{} {}; stopping and standing by", self.role, why)
+        logger.log(level, "{} {}; stopping and standing by", self.role, why)
         self.leading = False
         self._set_state()
         with contextlib.suppress(Exception):

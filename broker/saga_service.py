@@ -8,6 +8,7 @@ would conflict harmlessly and every command is idempotent, but the work would do
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from loguru import logger
@@ -81,6 +82,10 @@ class SagaService:
         self._owed: set[str] = set()
         """Sagas queued or being driven: each is driven by one worker at a time."""
         self._workers: list[asyncio.Task[None]] = []
+        #: When this service was last stopped, and the time each saga in flight then is
+        #: owed on its current step once driven again.
+        self._paused_at: float | None = None
+        self._grace: dict[str, float] = {}
         self.finished = 0
         self._finishing = asyncio.Event()
 
@@ -95,7 +100,14 @@ class SagaService:
 
     async def start(self) -> None:
         declare_metrics()
+        # Started again in this process after standing down (its lease could not be
+        # renewed: NATS was out of reach): the sagas in flight were not driven meanwhile,
+        # and that time is not their steps' (see SagaRunner.run).
+        paused, self._paused_at = self._paused_at, None
+        grace = time.monotonic() - paused if paused is not None else 0.0
         for row in await self._db.run(inbox.pending):
+            if grace:
+                self._grace[row.saga_id] = grace
             self._enqueue(row.event, trigger_context(row.event_id, row.metadata))
         if self._owed:
             logger.info("saga service resuming {} unfinished saga(s)", len(self._owed))
@@ -106,6 +118,7 @@ class SagaService:
         await self._projector.start()
 
     async def stop(self) -> None:
+        self._paused_at = time.monotonic()
         await self._projector.stop()
         for worker in self._workers:
             await cancel_and_wait(worker)
@@ -142,7 +155,7 @@ class SagaService:
         saga_id = placed.order_id
         while True:
             try:
-                saga = await self.runner.run(placed, ctx)
+                saga = await self.runner.run(placed, ctx, grace=self._grace.pop(saga_id, 0.0))
                 # An ended saga is never written again: keep the cache for live ones.
                 self.runner.executor.forget(stream_name(saga_id))
                 await self._db.run(lambda db: inbox.done(db, saga_id))

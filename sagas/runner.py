@@ -151,11 +151,13 @@ class SagaRunner:
         self.policy = policy or SagaPolicy()
         self.clock = clock
 
-    async def run(self, placed: OrderPlaced, trigger: MessageContext) -> Saga:
+    async def run(self, placed: OrderPlaced, trigger: MessageContext, grace: float = 0.0) -> Saga:
         """Start (or resume) the saga of ``placed`` and return it once it has ended.
 
         ``trigger`` is the context of the ``order.placed`` event: every transition and
-        command carries its correlation id and trace.
+        command carries its correlation id and trace. ``grace``: seconds the saga was not
+        driven because its driver stood down for an outage; its current step's deadline
+        moves by that much (as it would have, had the driver waited).
         """
         saga_id = placed.order_id
         policy = self.policy
@@ -163,6 +165,14 @@ class SagaRunner:
             with self._span("start", trigger, saga_id):
                 saga = await self._record(
                     saga_id, "start", trigger, lambda s: s.start(placed, self.clock(), policy)
+                )
+            if grace > 0 and saga.status == "running" and saga.step and saga.deadline:
+                step = saga.step
+                saga = await self._record(
+                    saga_id,
+                    f"{step}:resumed:postponed:{saga.deadline.isoformat()}",
+                    trigger,
+                    lambda s: s.postpone(step, grace),
                 )
             while not saga.terminal:
                 if saga.status == "running":
