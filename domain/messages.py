@@ -6,7 +6,7 @@ registry in :mod:`broker.subjects` derives every NATS subject from it.
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import blake2b
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -51,6 +51,10 @@ class Message(BaseModel):
 _set = object.__setattr__
 
 
+#: Per command class, its fields with a default factory (ids the service generates).
+_GENERATED: dict[type[Message], frozenset[str]] = {}
+
+
 class Command(Message):
     """A request to change one aggregate."""
 
@@ -63,13 +67,17 @@ class Command(Message):
         A field the service generated (an ``order_id`` left out) is left out of it: a
         resend of that body would generate another, yet it is the same command.
         """
-        generated = {
-            name
-            for name, info in type(self).__pydantic_fields__.items()
-            if info.default_factory is not None and name not in self.model_fields_set
-        }
-        body = type(self).__pydantic_serializer__.to_json(self, exclude=generated or None)
-        return hashlib.blake2b(self.TYPE.encode() + b" " + body, digest_size=16).hexdigest()
+        cls = type(self)
+        generated = _GENERATED.get(cls)
+        if generated is None:
+            generated = _GENERATED[cls] = frozenset(
+                name
+                for name, info in cls.__pydantic_fields__.items()
+                if info.default_factory is not None
+            )
+        unset = set(generated - self.model_fields_set) if generated else None
+        body = cls.__pydantic_serializer__.to_json(self, exclude=unset or None)
+        return blake2b(self.TYPE.encode() + b" " + body, digest_size=16).hexdigest()
 
 
 class Event(Message):

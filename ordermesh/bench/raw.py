@@ -129,7 +129,9 @@ async def publish_subscribe(
     )
 
 
-async def jetstream_publish(url: str, *, in_flight: int, duration: float) -> Result:
+async def jetstream_publish(
+    url: str, *, in_flight: int, duration: float, variant: str = "", baseline: str | None = None
+) -> Result:
     nc = await connect(url)
     js = nc.jetstream(publish_async_max_pending=max(in_flight, 1))
     stream = f"BENCH_RAW_{in_flight}"
@@ -150,13 +152,14 @@ async def jetstream_publish(url: str, *, in_flight: int, duration: float) -> Res
         await js.delete_stream(stream)
         await nc.close()
     return Result(
-        f"raw.jetstream_publish.w{in_flight}",
+        f"raw.jetstream_publish.w{in_flight}{variant}",
         "raw",
         "rate",
         done / elapsed,
         "msg/s",
         ops=done,
         seconds=elapsed,
+        baseline=baseline,
     )
 
 

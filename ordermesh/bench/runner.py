@@ -91,6 +91,23 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 done(r)
             for w in (1, 256):
                 done(await raw.jetstream_publish(server.url, in_flight=w, duration=plan.duration))
+            # What syncing every JetStream write would cost (docs/reliability.md): the same
+            # publishes on a server of its own with ``sync_interval: always``.
+            synced = EmbeddedNatsServer(root / "nats-sync-always", sync_interval="always")
+            await synced.start()
+            try:
+                for w in (1, 256):
+                    done(
+                        await raw.jetstream_publish(
+                            synced.url,
+                            in_flight=w,
+                            duration=plan.duration,
+                            variant=".sync_always",
+                            baseline=f"raw.jetstream_publish.w{w}",
+                        )
+                    )
+            finally:
+                await synced.stop()
 
             progress.print("[bold]ordermesh[/]")
             # The command service alone, as `ordermesh run command` deploys it.

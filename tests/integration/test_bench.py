@@ -18,6 +18,8 @@ EXPECTED = {
     "tap.json_lines": "raw.publish_subscribe.event_headers",
     "raw.jetstream_publish.w1": None,
     "raw.jetstream_publish.w256": None,
+    "raw.jetstream_publish.w1.sync_always": "raw.jetstream_publish.w1",
+    "raw.jetstream_publish.w256.sync_always": "raw.jetstream_publish.w256",
     "command.product.restock.c1": "raw.request_reply.c1",
     "command.product.restock.c64": "raw.request_reply.c64",
     "command.order.place.c1": "raw.request_reply.c1",
