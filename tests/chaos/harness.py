@@ -17,7 +17,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,7 @@ async def run_scenario(
     standby: Sequence[str] = (),
     policy: ClientPolicy | None = None,
     after: int = 0,
+    tolerate: Mapping[str, frozenset[str]] | None = None,
 ) -> ScenarioResult:
     """Run the load with ``faults`` in the middle of it and check everything afterwards.
 
@@ -272,7 +273,9 @@ async def run_scenario(
         rebuilt = await checks.rebuild_findings(
             cluster.events_db, cluster.read_models_db, root / "rebuilt.db"
         )
-        findings = checks.check_all(plan, load, stored, messages, live_orders, live_stock, rebuilt)
+        findings = checks.check_all(
+            plan, load, stored, messages, live_orders, live_stock, rebuilt, tolerate
+        )
         findings.fail(
             "the query service answers and agrees with the store",
             await _query_findings(cluster, checks.order_fates(stored)),
