@@ -14,12 +14,9 @@ from broker.cloudevents import encode_context
 from broker.subjects import command_subject
 from domain.messages import Command
 from domain.metadata import MessageContext
-from sagas.order_fulfillment import TIMEOUT, UNAVAILABLE
+from sagas.order_fulfillment import NO_RESPONDERS, TIMEOUT, UNAVAILABLE
 from sagas.runner import Reply
 from telemetry import tracing
-
-NO_RESPONDERS = "no_responders"
-
 
 #: How often ``until_connected`` looks at the connection (nats-py reconnects on its own).
 RECONNECT_POLL = 0.1

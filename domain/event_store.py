@@ -29,6 +29,10 @@ class StreamState(enum.Enum):
     EXISTS = "exists"
 
 
+#: Seconds a command id stays recorded by default (``ORDERMESH_IDEMPOTENCY_WINDOW``): well
+#: past JetStream's 2-minute duplicate window, within which clients resend.
+DEFAULT_IDEMPOTENCY_WINDOW = 600.0
+
 ExpectedRevision = int | StreamState
 """An ``int`` is the revision of the stream's last event (0-based)."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.event_store import DEFAULT_IDEMPOTENCY_WINDOW
 from sagas.policy import SagaPolicy
 
 
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
         " takes over within about this long after the holder dies",
     )
     idempotency_window: float = Field(
-        default=600.0,
+        default=DEFAULT_IDEMPOTENCY_WINDOW,
         ge=120.0,
         description="seconds a command id (ce-id) stays recorded; at least JetStream's 120 s",
     )

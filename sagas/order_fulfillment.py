@@ -44,11 +44,13 @@ TIMEOUT = "timeout"
 #: the step has time and attempts left, and the step itself is undone if it gives up.
 #: The saga could not reach NATS (never a service's answer): the attempt is not counted.
 UNAVAILABLE = "unavailable"
+#: Nothing subscribes to the step's subject (a service restarting, or none running).
+NO_RESPONDERS = "no_responders"
 RETRYABLE = frozenset(
     {
         TIMEOUT,
         UNAVAILABLE,
-        "no_responders",
+        NO_RESPONDERS,
         "concurrency_conflict",
         "payment_unavailable",
         "store_unavailable",

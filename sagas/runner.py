@@ -32,6 +32,7 @@ from domain.shipment import ArrangeShipment, CancelShipment
 from handlers.executor import CommandExecutor
 from sagas.order_fulfillment import (
     CANCEL_ORDER,
+    NO_RESPONDERS,
     RETRYABLE,
     SAGA_TYPE,
     STEPS,
@@ -59,7 +60,6 @@ from telemetry.metrics import (
 )
 
 SOURCE = "ordermesh.saga"
-NO_RESPONDERS = "no_responders"
 #: Replies that mean the step's service was not reached: the attempt does not count.
 UNREACHABLE = frozenset({UNAVAILABLE, NO_RESPONDERS})
 #: The least pause before a step is sent again after "no responders".

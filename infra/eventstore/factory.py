@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from domain.event_store import EventStore
+from domain.event_store import DEFAULT_IDEMPOTENCY_WINDOW, EventStore
 
 
-async def open_event_store(url: str, *, idempotency_window: float = 600.0) -> EventStore:
+async def open_event_store(
+    url: str, *, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+) -> EventStore:
     """``sqlite:///path`` opens the embedded store; ``esdb://``/``kurrentdb://`` the server.
     ``idempotency_window``: seconds a command id stays recorded."""
     scheme = url.split(":", 1)[0].split("+", 1)[0]

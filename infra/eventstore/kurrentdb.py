@@ -46,6 +46,7 @@ from kurrentdbclient.exceptions import (
 )
 
 from domain.event_store import (
+    DEFAULT_IDEMPOTENCY_WINDOW,
     AppendResult,
     CommandRecord,
     DuplicateCommand,
@@ -73,7 +74,6 @@ _STREAM_STATES: dict[StreamState, KdbStreamState] = {
 COMMAND_STREAM_PREFIX = "ordermesh-command-"
 _EXCLUDE_SYSTEM_STREAMS = (r"\$.+", COMMAND_STREAM_PREFIX + ".+")
 COMMAND_RECORDED = "ordermesh.command_recorded"
-DEFAULT_IDEMPOTENCY_WINDOW = 600.0
 
 
 def command_stream(command_id: str) -> str:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from domain.event_store import (
+    DEFAULT_IDEMPOTENCY_WINDOW,
     AppendResult,
     CommandRecord,
     DuplicateCommand,
@@ -80,9 +81,6 @@ _SUBSCRIBE_BATCH = 500
 _INSERT_ROWS = 100
 #: Events written on the loop's thread between two WAL checkpoints (on the worker's).
 CHECKPOINT_EVERY = 1000
-#: Seconds a command id stays recorded: at least JetStream's duplicate window (2 min),
-#: within which a client's resend is sure to be recognised.
-DEFAULT_IDEMPOTENCY_WINDOW = 600.0
 #: Seconds an append waits for a write lock held by another connection (another process
 #: writing, a backup, an operator's open transaction) before it fails as unavailable:
 #: shorter than a client's request timeout, so the client hears ``store_unavailable``
