@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from domain.errors import CodedError, PaymentUnavailable
+from domain.errors import CodedError, PaymentUnavailable, ShippingUnavailable
 from handlers.executor import ConcurrencyConflict
 
 MALFORMED_JSON = "malformed_json"
@@ -39,6 +39,7 @@ FAULT_CODES = (
     STORE_UNAVAILABLE,
     ConcurrencyConflict.code,
     PaymentUnavailable.code,
+    ShippingUnavailable.code,
 )
 
 

@@ -14,7 +14,8 @@ from broker.service import DEFAULT_MAX_PAYLOAD, RequestService, Route
 from broker.subjects import ALL_COMMANDS, ALL_QUERIES, COMMAND_QUEUE, QUERY_QUEUE
 from domain.messages import Command, Query
 from domain.metadata import MessageContext
-from handlers import CommandExecutor, Handler, Outcome, PaymentProvider, command_handlers
+from domain.partners import PaymentGateway, ShippingCarrier
+from handlers import CommandExecutor, Handler, Outcome, command_handlers
 from projections.queries import QUERY_HANDLERS, QueryHandler
 from telemetry.metrics import COMMAND_METRICS, QUERY_METRICS
 
@@ -42,12 +43,13 @@ def command_service(
     nc: NATS,
     executor: CommandExecutor,
     *,
+    gateway: PaymentGateway,
+    carrier: ShippingCarrier,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
-    provider: PaymentProvider | None = None,
 ) -> RequestService:
     routes = {
         type_: Route(model, functools.partial(_with_digest, handler, executor), data=_outcome_data)
-        for type_, (model, handler) in command_handlers(provider).items()
+        for type_, (model, handler) in command_handlers(gateway, carrier).items()
     }
     return RequestService(
         nc,

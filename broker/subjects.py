@@ -30,6 +30,16 @@ EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_SAGAS)
 ALL_STORED = ">"
 DLQ_STREAM = "DLQ"
 
+#: The partner services (:mod:`partners`): request/reply, one queue group per partner.
+PARTNERS_PREFIX = "partners."
+ALL_PARTNERS = "partners.>"
+PAYMENT_CHARGE = "partners.payment.charge"
+PAYMENT_REFUND = "partners.payment.refund"
+SHIPPING_BOOK = "partners.shipping.book"
+SHIPPING_CANCEL = "partners.shipping.cancel"
+PAYMENT_GATEWAY = "payment-gateway"
+SHIPPING_CARRIER = "shipping-carrier"
+
 COMMAND_QUEUE = "ordermesh-command"
 QUERY_QUEUE = "ordermesh-query"
 
@@ -107,6 +117,7 @@ _NO_REPLY_PREFIXES = (
     QUERIES_PREFIX,
     SAGAS_PREFIX,
     DLQ_PREFIX,
+    PARTNERS_PREFIX,
     "ordermesh.",
     "$JS.",
     "$KV.",

@@ -77,10 +77,17 @@ class PaymentUnavailable(DomainError):
     code = "payment_unavailable"
 
 
+class ShippingUnavailable(DomainError):
+    """The carrier could not be reached this time; the same request may succeed later."""
+
+    code = "shipping_unavailable"
+
+
 class SagaNotFound(NotFound):
     code = "saga_not_found"
 
 
 class Unresponsive(Exception):
-    """Raised by a simulated dependency that never answers: the service sends no reply,
-    so the caller's timeout path can be exercised for real."""
+    """A partner did not answer in time (the simulated gateway never answers a
+    ``slow-card``): the service sends no reply either, so the caller's own timeout
+    decides, as it would for any request lost on the way."""

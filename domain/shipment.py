@@ -1,7 +1,9 @@
 """Shipments: one stream per order, arranged once, cancelled at most once.
 
-A cancellation that arrives before the arrangement is recorded all the same, so an
-arrangement that turns up late is refused instead of shipping a cancelled order.
+The carrier (a partner service: :mod:`domain.partners`) books the shipment or refuses
+it; the stream records what it said. A cancellation that arrives before the arrangement
+is recorded all the same, so an arrangement that turns up late is refused instead of
+shipping a cancelled order.
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from domain.shipping import ShippingAddress
 ShipmentStatus = Literal["none", "arranged", "failed", "cancelled"]
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
-#: Countries the carrier will not deliver to (``XX`` is the documented test case).
-RESTRICTED_COUNTRIES = frozenset({"XX"})
-
 
 def stream_name(order_id: str) -> str:
     return f"shipment-{order_id}"
 
 
-def tracking_number(order_id: str) -> str:
-    return f"trk-{order_id}"
+def shipment_id(order_id: str) -> str:
+    """The carrier's idempotency key: one shipment per order, however often it is asked."""
+    return f"shp-{order_id}"
 
 
 class ArrangeShipment(Command):
@@ -98,20 +98,20 @@ class Shipment:
                 status=self.status,
             )
 
-    def arrange(self, cmd: ArrangeShipment) -> list[Event]:
+    def arrange(
+        self, cmd: ArrangeShipment, tracking_number: str, refusal: str | None
+    ) -> list[Event]:
+        """Record the carrier's answer: booked under ``tracking_number``, or refused for
+        ``refusal`` (``restricted_area``)."""
         if self.status == "arranged":
             return []
         self.check_arrangeable()
         country = cmd.address.country if cmd.address else None
-        if country in RESTRICTED_COUNTRIES:
-            return [
-                ShipmentFailed(order_id=self.order_id, reason=RestrictedArea.code, country=country)
-            ]
+        if refusal is not None:
+            return [ShipmentFailed(order_id=self.order_id, reason=refusal, country=country)]
         return [
             ShipmentArranged(
-                order_id=self.order_id,
-                tracking_number=tracking_number(self.order_id),
-                country=country,
+                order_id=self.order_id, tracking_number=tracking_number, country=country
             )
         ]
 

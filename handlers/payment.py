@@ -1,4 +1,11 @@
-"""The simulated payment service: charge an order once, refund or void it at most once."""
+"""The payment service: charge an order once through the gateway, refund or void it once.
+
+The gateway (:class:`domain.partners.PaymentGateway`, a partner service) moves the money;
+the payment stream records what it said. Both are idempotent on the payment id, so a
+resend that finds the charge recorded is answered from the stream, and one that does not
+(the service died between the gateway's answer and the append) is answered by the
+gateway from its own record: an order is never charged twice.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,11 @@ import functools
 from typing import Any
 
 from domain import payment as pay
-from domain.errors import PaymentDeclined
+from domain.errors import InvalidState, PaymentDeclined, PaymentUnavailable
 from domain.metadata import MessageContext
 from domain.money import format_money
+from domain.partners import ChargeRequest, PaymentGateway, RefundRequest
 from handlers.executor import CommandExecutor, Outcome
-from handlers.simulation import PaymentProvider
 
 
 def payment_view(state: pay.Payment) -> dict[str, Any]:
@@ -28,16 +35,31 @@ def _new(order_id: str) -> pay.Payment:
 
 
 async def process(
-    provider: PaymentProvider, ex: CommandExecutor, cmd: pay.ProcessPayment, ctx: MessageContext
+    gateway: PaymentGateway, ex: CommandExecutor, cmd: pay.ProcessPayment, ctx: MessageContext
 ) -> Outcome:
-    """The provider is asked only while the payment is undecided: a resend of a charge
-    that went through is answered from the stream, never charged twice."""
+    """The gateway is asked only while the payment is undecided here."""
     stream = pay.stream_name(cmd.order_id)
     state = await ex.load(stream, functools.partial(_new, cmd.order_id))
     if state.status == "processed":
         return Outcome(payment_view(state), [], duplicate=True)
     state.check_chargeable()
-    approved = provider.authorize(cmd.order_id, cmd.method)
+    payment_id = pay.payment_id(cmd.order_id)
+    reply = await gateway.charge(
+        ChargeRequest(
+            payment_id=payment_id, order_id=cmd.order_id, amount=cmd.amount, method=cmd.method
+        ),
+        ctx,
+    )
+    if reply.status == "unavailable":
+        raise PaymentUnavailable(
+            "payment gateway temporarily unavailable",
+            order_id=cmd.order_id,
+            reason=reply.reason,
+        )
+    if reply.status == "voided":
+        # A refund reached the gateway first; its record here is on its way.
+        raise InvalidState(f"payment for order {cmd.order_id!r} was voided", order_id=cmd.order_id)
+    approved = reply.status == "approved"
     outcome = await ex.execute(
         stream,
         functools.partial(_new, cmd.order_id),
@@ -55,9 +77,22 @@ async def process(
     return outcome
 
 
-async def refund(ex: CommandExecutor, cmd: pay.RefundPayment, ctx: MessageContext) -> Outcome:
+async def refund(
+    gateway: PaymentGateway, ex: CommandExecutor, cmd: pay.RefundPayment, ctx: MessageContext
+) -> Outcome:
+    """The gateway refunds a charge, or voids a payment it has not charged (so a charge
+    still on its way is refused there too); the stream then records the same."""
+    stream = pay.stream_name(cmd.order_id)
+    state = await ex.load(stream, functools.partial(_new, cmd.order_id))
+    if state.status not in ("refunded", "voided"):
+        await gateway.refund(
+            RefundRequest(
+                payment_id=pay.payment_id(cmd.order_id), order_id=cmd.order_id, reason=cmd.reason
+            ),
+            ctx,
+        )
     return await ex.execute(
-        pay.stream_name(cmd.order_id),
+        stream,
         functools.partial(_new, cmd.order_id),
         lambda s: s.refund(cmd.reason),
         payment_view,

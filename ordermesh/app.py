@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 from nats.aio.client import Client as NATS
@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from broker.connection import connect_checked, connect_options, redact_url
 from broker.heartbeat import Heartbeat
 from broker.lease import Singleton
+from broker.partner_clients import NatsPaymentGateway, NatsShippingCarrier
 from broker.projector import Projector
 from broker.relay import Relay
 from broker.saga_service import SagaService, open_saga_db
@@ -26,7 +27,7 @@ from broker.service import RequestService
 from broker.services import command_service, query_service
 from broker.stream_gauges import StreamGauges
 from domain.event_store import EventStore
-from handlers import CommandExecutor, PaymentProvider
+from handlers import CommandExecutor
 from infra.eventstore import open_event_store
 from infra.nats_server import EmbeddedNatsServer
 from infra.sqlite_worker import SQLiteWorker
@@ -36,6 +37,7 @@ from ordermesh.api.events import StoredEventReader
 from ordermesh.api.process import MonitorProcess
 from ordermesh.api.schema import Context
 from ordermesh.api.server import ApiServer
+from ordermesh.child import ChildService
 from ordermesh.config import Settings
 from ordermesh.monitor.broadcaster import Broadcaster
 from ordermesh.monitor.buffer import MessageBuffer
@@ -44,7 +46,7 @@ from ordermesh.read_models import open_read_models
 from projections import all_projections
 from telemetry.exposition import EventLoopLag, MetricsEndpoint
 
-SERVICES = ("command", "relay", "projections", "query", "saga", "api")
+SERVICES = ("command", "relay", "projections", "query", "saga", "partners", "api")
 
 
 class Component(Protocol):
@@ -72,6 +74,8 @@ class App:
     api: ApiServer | None = None
     monitor: Context | None = None
     monitor_process: MonitorProcess | None = None
+    #: Services this process started as children (``ordermesh up``: the partners).
+    children: list[ChildService] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     #: The relay, saga and projections, each behind its lease, when they run here.
     leases: list[Singleton] = field(default_factory=list)
@@ -81,9 +85,10 @@ class App:
 
     @property
     def service_name(self) -> str:
-        """``ordermesh`` for every service in one process (the monitor, which ``ordermesh
-        up`` runs beside it, or not), else ``ordermesh-<services>``."""
-        if set(self.services) >= set(SERVICES) - {"api"}:
+        """``ordermesh`` for every core service in one process (the monitor and the
+        partners, which ``ordermesh up`` runs beside it, or not), else
+        ``ordermesh-<services>``."""
+        if set(self.services) >= set(SERVICES) - {"api", "partners"}:
             return "ordermesh"
         return "ordermesh-" + "+".join(self.services)
 
@@ -106,24 +111,8 @@ class App:
         self.nc = await connect_checked(
             self.nats_url,
             wait=True,  # a server not up yet is waited for; a wrong password fails at once
-            **connect_options(
-                creds=s.nats_creds,
-                user=s.nats_user,
-                password=s.nats_password,
-                token=s.nats_token,
-                tls_ca=s.nats_tls_ca,
-                tls_cert=s.nats_tls_cert,
-                tls_key=s.nats_tls_key,
-                inbox_prefix=s.nats_inbox_prefix,
-            ),
+            **self._connection_options(),
             name=f"ordermesh-{'+'.join(self.services)}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            # A connection whose reader died without closing it (nats-py 2.16 does so on a
-            # malformed header block from any publisher: docs/reliability.md) is found by
-            # unanswered pings: within ~40 s rather than nats-py's default ~6 min.
-            ping_interval=10,
-            max_outstanding_pings=3,
             # Services publish only to subjects the server gave them (reply inboxes, the
             # subject of a message set aside) or built from the registry; checking each
             # against nats-py's regular expressions cost more than a reply's JSON.
@@ -155,6 +144,29 @@ class App:
         self.started = True
         logger.info("running {} on {}", ", ".join(self.services), redact_url(self.nats_url))
 
+    def _connection_options(self) -> dict[str, Any]:
+        """How every connection of this process reaches NATS: credentials, TLS, and
+        reconnecting for ever (the partners' FastStream brokers connect the same way)."""
+        s = self.settings
+        return connect_options(
+            creds=s.nats_creds,
+            user=s.nats_user,
+            password=s.nats_password,
+            token=s.nats_token,
+            tls_ca=s.nats_tls_ca,
+            tls_cert=s.nats_tls_cert,
+            tls_key=s.nats_tls_key,
+            inbox_prefix=s.nats_inbox_prefix,
+        ) | {
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            # A connection whose reader died without closing it (nats-py 2.16 does so on a
+            # malformed header block from any publisher: docs/reliability.md) is found by
+            # unanswered pings: within ~40 s rather than nats-py's default ~6 min.
+            "ping_interval": 10,
+            "max_outstanding_pings": 3,
+        }
+
     async def _until_answering(self, attempts: int = 50) -> None:
         """Wait until every request service answers a ping through the server (each
         try waits up to 2 s), so that "ready" means a client's request will be served."""
@@ -172,6 +184,8 @@ class App:
         self.components.append(component)
         if isinstance(component, MonitorProcess):
             self.monitor_process = component
+        elif isinstance(component, ChildService):
+            self.children.append(component)
 
     @property
     def monitor_url(self) -> str | None:
@@ -191,13 +205,30 @@ class App:
         if name == "command":
             assert self.store is not None
             self.executor = CommandExecutor(self.store)
-            provider = PaymentProvider(
-                failure_rate=self.settings.sim_failure_rate, seed=self.settings.sim_seed
-            )
+            timeout = self.settings.partner_timeout
             service: RequestService = command_service(
-                self.nc, self.executor, max_payload=limit, provider=provider
+                self.nc,
+                self.executor,
+                gateway=NatsPaymentGateway(self.nc, timeout),
+                carrier=NatsShippingCarrier(self.nc, timeout),
+                max_payload=limit,
             )
             return [service]
+        if name == "partners":
+            # Imported here: FastStream costs every other process ~0.2 s of start-up.
+            from partners.service import PartnerServices
+
+            s = self.settings
+            return [
+                PartnerServices(
+                    self.nats_url,
+                    s.data_dir,
+                    failure_rate=s.sim_failure_rate,
+                    seed=s.sim_seed,
+                    latency=s.sim_latency,
+                    options=self._connection_options(),
+                )
+            ]
         if name == "saga":
             assert self.store is not None
             self.saga_db = open_saga_db(self.settings.saga_db_path)
@@ -290,3 +321,4 @@ class App:
         self.metrics = None
         self.api = None
         self.monitor_process = None
+        self.children.clear()

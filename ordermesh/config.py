@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker.partner_clients import DEFAULT_PARTNER_TIMEOUT
 from domain.event_store import DEFAULT_IDEMPOTENCY_WINDOW
 from sagas.policy import SagaPolicy
 
@@ -66,6 +67,16 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=1.0, description="share of card payments the simulator declines"
     )
     sim_seed: int = Field(default=0, description="seed of the simulator's failure choice")
+    sim_latency: float = Field(
+        default=0.0, ge=0.0, le=60.0, description="seconds the simulated partners take to answer"
+    )
+    partner_timeout: float = Field(
+        default=DEFAULT_PARTNER_TIMEOUT,
+        gt=0.0,
+        le=120.0,
+        description="seconds the command service waits for the payment gateway or the"
+        " carrier; past it the command is left unanswered and the saga's timeout decides",
+    )
     lease_ttl: float = Field(
         default=3.0,
         gt=0.5,

@@ -53,6 +53,8 @@ RETRYABLE = frozenset(
         NO_RESPONDERS,
         "concurrency_conflict",
         "payment_unavailable",
+        # The carrier could not be reached (the partners process down or restarting).
+        "shipping_unavailable",
         "store_unavailable",
         "internal_error",
     }

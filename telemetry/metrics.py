@@ -196,7 +196,7 @@ event_loop_lag = Gauge(
 monitor_messages = Counter(
     "ordermesh_monitor_messages",
     "Messages the live monitor took into its buffer, by topic (commands, events, queries, "
-    "sagas, dlq)",
+    "sagas, dlq, partners)",
     ["topic"],
 )
 monitor_dropped = Counter(

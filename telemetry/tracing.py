@@ -40,6 +40,7 @@ INSTRUMENTATION = "ordermesh"
 
 _provider: TracerProvider | None = None
 _tracer: LeanTracer | None = None
+_processors: Sequence[SpanProcessor] = ()
 
 
 def enabled() -> bool:
@@ -66,7 +67,7 @@ def configure_tracing(
     ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set, and the sampler comes from
     ``OTEL_TRACES_SAMPLER``; ``processors`` replaces the exporter (tests, benchmarks).
     """
-    global _provider, _tracer
+    global _provider, _tracer, _processors
     shutdown_tracing()
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
@@ -85,6 +86,7 @@ def configure_tracing(
     for processor in processors:
         provider.add_span_processor(processor)  # so that shutdown flushes them
     _provider = provider
+    _processors = tuple(processors)
     _tracer = LeanTracer(
         provider.resource,
         provider.sampler,
@@ -92,6 +94,24 @@ def configure_tracing(
         InstrumentationScope(INSTRUMENTATION),
         parent_based=_KNOWN_DECISIONS.get(_sampler_name(environ)),
     )
+    return provider
+
+
+def provider_for(service_name: str) -> TracerProvider | None:
+    """A provider for another service this process hosts (a partner: FastStream's
+    telemetry middleware takes one), sampling as this process does and exporting where
+    its spans go, under its own ``service.name``. None while tracing is off. Its
+    processors are the process's: ``shutdown_tracing`` flushes them, so it is never shut
+    down itself."""
+    if _provider is None:
+        return None
+    provider = TracerProvider(
+        sampler=_provider.sampler,
+        resource=Resource.create({SERVICE_NAME: service_name}),
+        shutdown_on_exit=False,
+    )
+    for processor in _processors:
+        provider.add_span_processor(processor)
     return provider
 
 
@@ -155,11 +175,12 @@ def sampler_from(environ: Mapping[str, str]) -> sampling.Sampler:
 
 def shutdown_tracing() -> None:
     """Flush what is buffered and turn tracing off."""
-    global _provider, _tracer
+    global _provider, _tracer, _processors
     if _provider is not None:
         _provider.shutdown()
     _provider = None
     _tracer = None
+    _processors = ()
 
 
 def span_context_of(traceparent: str, tracestate: str | None = None) -> SpanContext | None:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from broker.connection import connect, request_served
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import SERVICES, App
+from ordermesh.child import PartnersProcess
 from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
 from sagas.policy import CompensationPolicy, SagaPolicy, StepPolicy
@@ -126,15 +127,24 @@ def spans() -> Iterator[InMemorySpanExporter]:
         tracing.shutdown_tracing()
 
 
+#: Every service but the partners, which the saga tests run in a process of their own.
+WITHOUT_PARTNERS = tuple(s for s in SERVICES if s != "partners")
+
+
 @pytest.fixture
 async def saga_app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIterator[App]:
-    """Every service, with the saga's short test timeouts (:data:`FAST`)."""
-    application = App(settings_for(nats_server, tmp_path / "data", saga=FAST), SERVICES)
-    await application.start()
+    """Every service, with the saga's short test timeouts (:data:`FAST`); the payment
+    gateway and the carrier in a process of their own (``ordermesh run partners``), as
+    ``ordermesh up`` runs them."""
+    settings = settings_for(nats_server, tmp_path / "data", saga=FAST)
+    application = App(settings, WITHOUT_PARTNERS)
+    partners = PartnersProcess(nats_server.url, settings)
     try:
+        await asyncio.gather(application.start(), partners.start())
         yield application
     finally:
         await application.stop()
+        await partners.stop()
 
 
 @pytest.fixture

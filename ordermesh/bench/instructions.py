@@ -30,6 +30,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from pydantic_core import from_json, to_json
 
+from broker.partner_clients import NatsPaymentGateway, NatsShippingCarrier
 from broker.services import command_service
 from handlers import CommandExecutor
 from infra.eventstore.sqlite import SQLiteEventStore
@@ -81,7 +82,13 @@ async def run(command: str, n: int, *, traced: bool = False) -> tuple[float, lis
 
 async def _measure(store: SQLiteEventStore, command: str, n: int) -> tuple[float, list[bytes]]:
     replies = _Replies()
-    service = command_service(replies, CommandExecutor(store))  # type: ignore[arg-type]
+    # Restock and place never reach a partner: the clients are there, never called.
+    service = command_service(
+        replies,  # type: ignore[arg-type]
+        CommandExecutor(store),
+        gateway=NatsPaymentGateway(replies),  # type: ignore[arg-type]
+        carrier=NatsShippingCarrier(replies),  # type: ignore[arg-type]
+    )
     products = [f"p-{i}" for i in range(PRODUCTS)]
     for pid in products:
         await service.handle(

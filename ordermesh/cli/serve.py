@@ -16,17 +16,19 @@ from broker.tasks import cancel_and_wait
 from ordermesh import runtime
 from ordermesh.api.process import STOP_WITH_STDIN, MonitorProcess
 from ordermesh.app import SERVICES, App
+from ordermesh.child import PartnersProcess
 from ordermesh.cli.app import app
 from ordermesh.config import Settings
 from ordermesh.logs import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
 
 
-def _serve(application: App, on_ready: str | None = None, *, monitor: bool = False) -> None:
-    """Run until SIGINT or SIGTERM (or, for the monitor ``ordermesh up`` starts, until
-    that parent is gone). ``application.start`` returns once every request service has answered a
-    request through the server, so the banner means "ready". With ``monitor``, the
-    monitor runs beside it as a process of its own (:mod:`ordermesh.api.process`)."""
+def _serve(application: App, on_ready: str | None = None, *, children: bool = False) -> None:
+    """Run until SIGINT or SIGTERM (or, for a child ``ordermesh up`` starts, until that
+    parent is gone). ``application.start`` returns once every request service has
+    answered a request through the server, so the banner means "ready". With
+    ``children``, the monitor and the partners run beside it as processes of their own
+    (:mod:`ordermesh.child`)."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -37,15 +39,24 @@ def _serve(application: App, on_ready: str | None = None, *, monitor: bool = Fal
         watchdog = asyncio.create_task(_orphaned(stop))
         try:
             await application.start()
-            if monitor:
+            if children:
                 s = application.settings
-                await application.add(
-                    MonitorProcess(
-                        application.nats_url,
-                        host=s.api_host,
-                        port=s.api_port,
-                        metrics_port=s.metrics_port + 1 if s.metrics_port else 0,
-                    )
+                await asyncio.gather(
+                    application.add(
+                        MonitorProcess(
+                            application.nats_url,
+                            host=s.api_host,
+                            port=s.api_port,
+                            metrics_port=s.metrics_port + 1 if s.metrics_port else 0,
+                        )
+                    ),
+                    application.add(
+                        PartnersProcess(
+                            application.nats_url,
+                            s,
+                            metrics_port=s.metrics_port + 2 if s.metrics_port else 0,
+                        )
+                    ),
                 )
             runtime.tune_gc()
             try:
@@ -101,6 +112,16 @@ def _banner(application: App) -> None:
         f"  event store     {s.event_store_url}",
         f"  read models     sqlite:///{s.read_model_path.resolve()}",
         f"  services        {', '.join(application.services)}",
+        *(
+            f"  partners        payment-gateway, shipping-carrier (pid {child.pid}"
+            + (
+                f", metrics {child.ready_url.removesuffix('readyz')}metrics)"
+                if s.metrics_port
+                else ")"
+            )
+            for child in application.children
+            if "partners" in child.services
+        ),
         "",
         "  try:  nats req commands.product.create "
         """'{"product_id":"p-1","name":"Widget","price":"12.50","stock":10}'""",
@@ -114,14 +135,16 @@ def _banner(application: App) -> None:
 
 @app.command()
 def up() -> None:
-    """Start everything in one process: an embedded nats-server (unless
-    ORDERMESH_NATS_URL is set), the SQLite event store, and every service.
+    """Start everything: an embedded nats-server (unless ORDERMESH_NATS_URL is set),
+    the SQLite event store and every core service in this process, the monitor and the
+    partners (payment gateway, shipping carrier) in processes of their own.
 
     [b]Example[/b]: ordermesh up
     """
     configure_logging("ordermesh")
-    services = tuple(s for s in SERVICES if s != "api")  # the monitor: a process of its own
-    _serve(App(Settings(), services, embedded_nats=True), on_ready="banner", monitor=True)
+    # The monitor and the partners: processes of their own.
+    services = tuple(s for s in SERVICES if s not in ("api", "partners"))
+    _serve(App(Settings(), services, embedded_nats=True), on_ready="banner", children=True)
 
 
 @app.command()

@@ -36,7 +36,7 @@ from tests.conftest import eventually
 from tests.integration.test_processes import ORDERMESH, env_for
 
 #: One process each, in the order they start (and the reverse of how they stop).
-SERVICES = ("command", "relay", "projections", "query", "saga")
+SERVICES = ("partners", "command", "relay", "projections", "query", "saga")
 #: The source tree of these tests: the processes run this tree's code, whichever
 #: checkout the tests run from.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]

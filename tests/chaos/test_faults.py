@@ -45,20 +45,12 @@ def report(result: ScenarioResult) -> None:
 # -- short: the default suite ------------------------------------------------------------
 
 
-#: The simulated payment provider counts a flaky card's two transient failures in the
-#: command process's memory: restarted, it fails that card twice more, and a saga whose
-#: payment step had already spent attempts (one of them on the request the kill cut off)
-#: may use up its five. A legitimate ending under this fault, not a loss.
-RESTARTED_PROVIDER = {"flaky-card": frozenset({"payment_unavailable"})}
-
-
 async def test_kill_command_service_mid_load(tmp_path: Path) -> None:
     result = await run_scenario(
         tmp_path,
         "kill -9 command (short)",
         [kill_service("command")],
         orders=SHORT_ORDERS,
-        tolerate=RESTARTED_PROVIDER,
     )
     report(result)
 
@@ -111,7 +103,6 @@ async def test_long_kill_every_service_in_turn(tmp_path: Path) -> None:
         orders=LONG_ORDERS,
         rate=LONG_RATE,
         settle=120,
-        tolerate=RESTARTED_PROVIDER,
     )
     report(result)
 

@@ -37,9 +37,9 @@ from domain.event_store import EventStore, RecordedEvent
 from domain.inventory import InventoryReservationFailed
 from domain.metadata import parse_metadata
 from domain.product import StockReleased, StockReserved
-from handlers import COMMAND_HANDLERS
-from handlers.simulation import SLOW_CARD
+from handlers import COMMAND_MODELS
 from ordermesh.app import App
+from partners.rules import SLOW_CARD
 from projections.queries import QUERY_HANDLERS
 from tests.conftest import events_in_stream, eventually
 
@@ -56,7 +56,7 @@ FAILURES = frozenset(replies.FAULT_CODES) - {PaymentUnavailable.code}
 #: Every request subject, from the registries the services are built from (and the
 #: AsyncAPI document is rendered from: ``test_strategies`` holds the two equal).
 COMMANDS: dict[str, type[BaseModel]] = {
-    command_subject(t): model for t, (model, _) in sorted(COMMAND_HANDLERS.items())
+    command_subject(t): model for t, model in sorted(COMMAND_MODELS.items())
 }
 QUERIES: dict[str, type[BaseModel]] = {
     query_subject(t): model for t, (model, _) in sorted(QUERY_HANDLERS.items())
@@ -179,7 +179,7 @@ def refusal_for(
 
 def unanswered_by_design(model: type[BaseModel] | None, payload: bytes) -> bool:
     """A valid payment whose method is the simulator's ``slow-card``: never answered,
-    on purpose, so the caller's timeout path can be tested (``handlers.simulation``)."""
+    on purpose, so the caller's timeout path can be tested (``partners.rules``)."""
     return model is not None and SLOW_CARD.encode() in payload
 
 

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from broker.asyncapi import CE_HEADERS
 from broker.cloudevents import H_ID, H_TIME, H_TRACEPARENT, H_TRACESTATE, H_TYPE
-from handlers import COMMAND_HANDLERS
-from handlers.simulation import SLOW_CARD
+from handlers import COMMAND_MODELS
+from partners.rules import SLOW_CARD
 from projections.queries import QUERY_HANDLERS
 
 #: Ids that generated bodies prefer, so commands meet aggregates made earlier in the run
@@ -353,7 +353,7 @@ ce_times = st.one_of(
     header_text,
 )
 ce_types = st.one_of(
-    st.sampled_from(sorted({*COMMAND_HANDLERS, *QUERY_HANDLERS})),
+    st.sampled_from(sorted({*COMMAND_MODELS, *QUERY_HANDLERS})),
     st.sampled_from(["", "order.placed", "commands.order.place", "*", ">"]),
     header_text,
 )

@@ -239,7 +239,7 @@ async def test_the_dashboard_topology_and_event_browser_show_real_traffic(
         )
     )
     topics = {t["topic"]: t for t in stats["pubsubStats"]}
-    assert list(topics) == ["commands", "events", "queries", "sagas", "dlq"]
+    assert list(topics) == ["commands", "events", "queries", "sagas", "dlq", "partners"]
     assert topics["events"]["count"] > 0 and topics["events"]["lastSeen"]
     types = {t["type"]: t for t in stats["pubsubTypeStats"]}
     assert types["order.place"]["count"] >= 2 and types["order.place"]["ratePerMinute"] > 0

@@ -191,9 +191,11 @@ async def test_one_order_is_exported_over_grpc(
     grpc_receiver: GrpcReceiver, nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` sends every span of a placed order, from every
-    service, over OTLP/gRPC to the port given (an ``http://`` endpoint: no TLS)."""
+    service, over OTLP/gRPC to the port given (an ``http://`` endpoint: no TLS); the
+    partners' spans (FastStream's middleware) under their own service names."""
     env = exporting(tmp_path, nats_server, grpc_receiver.port, "grpc")
-    async with ordermesh("run", "command", "relay", "projections", "query", "saga", env=env):
+    services = ("command", "relay", "projections", "query", "saga", "partners")
+    async with ordermesh("run", *services, env=env):
 
         async def serving() -> bool:
             return await ready(nc, "commands.product.change_price", {})
@@ -212,11 +214,16 @@ async def test_one_order_is_exported_over_grpc(
         )
         assert reply["ok"], reply
 
+        partner_spans = {"partners.payment.charge process", "partners.shipping.book process"}
+
         async def whole_order() -> set[str]:
             names = {name for _service, name, trace in grpc_receiver.spans() if trace == TRACE_ID}
-            return names if names >= ORDER_SPANS else set()
+            return names if names >= ORDER_SPANS | partner_spans else set()
 
         names = await eventually(whole_order, timeout=30)
-    assert names >= ORDER_SPANS
-    services = {service for service, _name, trace in grpc_receiver.spans() if trace == TRACE_ID}
-    assert services == {"ordermesh"}  # every service in one process, as `ordermesh up` runs
+    assert names >= ORDER_SPANS | partner_spans
+    by_service = {(s, n) for s, n, trace in grpc_receiver.spans() if trace == TRACE_ID}
+    # The core services in one process, as `ordermesh up` runs them; each partner apart.
+    assert {s for s, _ in by_service} == {"ordermesh", "payment-gateway", "shipping-carrier"}
+    assert ("payment-gateway", "partners.payment.charge process") in by_service
+    assert ("shipping-carrier", "partners.shipping.book process") in by_service

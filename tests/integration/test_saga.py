@@ -15,8 +15,9 @@ from nats.aio.msg import Msg
 
 from domain.event_store import EventStore
 from infra.nats_server import EmbeddedNatsServer
-from ordermesh.app import SERVICES, App
-from tests.conftest import FAST, eventually, request, settings_for
+from ordermesh.app import App
+from ordermesh.child import PartnersProcess
+from tests.conftest import FAST, WITHOUT_PARTNERS, eventually, request, settings_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -365,9 +366,11 @@ async def test_500_mixed_orders_all_end_and_conserve_stock(saga_app: App, nc: NA
 async def test_seeded_failure_rate_declines_card_payments(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
+    """The failure rate is the gateway's setting: its process is given it."""
     settings = settings_for(nats_server, tmp_path / "data", saga=FAST, sim_failure_rate=1.0)
-    application = App(settings, SERVICES)
-    await application.start()
+    application = App(settings, WITHOUT_PARTNERS)
+    partners = PartnersProcess(nats_server.url, settings)
+    await asyncio.gather(application.start(), partners.start())
     try:
         await create_product(nc, "p-1", 10)
         await place(nc, "o-1", [("p-1", 1)])
@@ -376,3 +379,4 @@ async def test_seeded_failure_rate_declines_card_payments(
         assert await product_stock(application.store, "p-1") == 10
     finally:
         await application.stop()
+        await partners.stop()

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from infra.nats_server import EmbeddedNatsServer
 from ordermesh.app import App
+from ordermesh.child import PartnersProcess
 from tests.conftest import CORE_SERVICES, eventually, request, settings_for
 from tests.integration.test_processes import env_for, ordermesh
 from tests.integration.test_saga import check_conservation, create_product, place, saga, types_in
@@ -32,8 +33,10 @@ async def test_sigkill_mid_flow_and_restart(
     nats_server: EmbeddedNatsServer, nc: NATS, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    core = App(settings_for(nats_server, data), CORE_SERVICES)
-    await core.start()
+    settings = settings_for(nats_server, data)
+    core = App(settings, tuple(s for s in CORE_SERVICES if s != "partners"))
+    partners = PartnersProcess(nats_server.url, settings)  # a process of their own
+    await asyncio.gather(core.start(), partners.start())
     env = env_for(data, ORDERMESH_NATS_URL=nats_server.url, **SAGA_ENV)
     try:
         initial = {"p-1": 150, "p-2": 60}
@@ -97,3 +100,4 @@ async def test_sigkill_mid_flow_and_restart(
             assert len(completed) <= 4, (order_id, stream)
     finally:
         await core.stop()
+        await partners.stop()

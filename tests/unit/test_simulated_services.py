@@ -1,4 +1,5 @@
-"""The simulated inventory, payment and shipping services over a real SQLite store."""
+"""The inventory, payment and shipping services over a real SQLite store, with the
+partners (gateway, carrier) in process over their own real ledgers."""
 
 from __future__ import annotations
 
@@ -25,14 +26,18 @@ from domain.errors import (
 )
 from domain.messages import Event
 from domain.metadata import MessageContext
+from domain.partners import ChargeReply, ChargeRequest, RefundRequest
 from domain.shipping import ShippingAddress
 from handlers import inventory as inventory_handlers
 from handlers import payment as payment_handlers
 from handlers import product as product_handlers
 from handlers import shipment as shipment_handlers
 from handlers.executor import CommandExecutor
-from handlers.simulation import DECLINED_CARD, FLAKY_CARD, SLOW_CARD, PaymentProvider
 from infra.eventstore.sqlite import SQLiteEventStore
+from partners.carrier import ShippingCarrierService
+from partners.gateway import PaymentGatewayService
+from partners.ledger import open_ledger
+from partners.rules import DECLINED_CARD, FLAKY_CARD, SLOW_CARD
 
 ORDER = "o-1"
 
@@ -57,6 +62,34 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
 @pytest.fixture
 def ex(store: SQLiteEventStore) -> CommandExecutor:
     return CommandExecutor(store)
+
+
+class CountingGateway(PaymentGatewayService):
+    """The gateway, counting the charges it is asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    async def charge(
+        self, request: ChargeRequest, ctx: MessageContext | None = None
+    ) -> ChargeReply:
+        self.calls += 1
+        return await super().charge(request, ctx)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[CountingGateway]:
+    ledger = open_ledger(tmp_path / "payment-gateway.db", "gateway")
+    yield CountingGateway(ledger)
+    await ledger.close()
+
+
+@pytest.fixture
+async def carrier(tmp_path: Path) -> AsyncIterator[ShippingCarrierService]:
+    ledger = open_ledger(tmp_path / "shipping-carrier.db", "carrier")
+    yield ShippingCarrierService(ledger)
+    await ledger.close()
 
 
 async def stored(store: SQLiteEventStore, stream: str) -> list[Event]:
@@ -222,24 +255,14 @@ def test_the_inventory_record_releases_once_and_refuses_a_late_reservation() -> 
 # -- payment ------------------------------------------------------------------------------
 
 
-class CountingProvider(PaymentProvider):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.calls = 0
-
-    def authorize(self, order_id: str, method: str) -> bool:
-        self.calls += 1
-        return super().authorize(order_id, method)
-
-
 def charge(method: str = "card", order_id: str = ORDER) -> pay.ProcessPayment:
     return pay.ProcessPayment(order_id=order_id, amount=Decimal("25.00"), method=method)
 
 
 async def test_a_card_payment_is_processed_once(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway
 ) -> None:
-    provider = CountingProvider()
+    provider = gateway
     outcome = await payment_handlers.process(provider, ex, charge(), ctx("pay1"))
     assert outcome.data == {
         "order_id": ORDER,
@@ -258,16 +281,16 @@ async def test_a_card_payment_is_processed_once(
 
 
 async def test_a_declined_card_is_refused_and_the_decline_stored(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway
 ) -> None:
-    provider = CountingProvider()
+    provider = gateway
     with pytest.raises(PaymentDeclined) as info:
         await payment_handlers.process(provider, ex, charge(DECLINED_CARD), ctx("pay1"))
     assert info.value.code == "payment_declined"
     (declined,) = await stored(store, pay.stream_name(ORDER))
     assert isinstance(declined, pay.PaymentWasDeclined)
     assert (declined.reason, declined.method) == ("payment_declined", DECLINED_CARD)
-    # A resend is answered from the stored decline, without asking the provider.
+    # A resend is answered from the stored decline, without asking the gateway.
     with pytest.raises(PaymentDeclined):
         await payment_handlers.process(provider, ex, charge(DECLINED_CARD), ctx("pay2"))
     assert provider.calls == 1
@@ -275,37 +298,42 @@ async def test_a_declined_card_is_refused_and_the_decline_stored(
 
 
 async def test_a_flaky_card_fails_twice_then_succeeds(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway, tmp_path: Path
 ) -> None:
-    provider = PaymentProvider()
+    provider = gateway
     for attempt in (1, 2):
         with pytest.raises(PaymentUnavailable) as info:
             await payment_handlers.process(provider, ex, charge(FLAKY_CARD), ctx(f"p{attempt}"))
         assert info.value.code == "payment_unavailable"
-        assert info.value.details["attempt"] == attempt
+        assert info.value.details["reason"] == f"gateway busy (attempt {attempt})"
         assert await store.read_stream(pay.stream_name(ORDER)) == []
+        if attempt == 1:
+            # The count is the gateway's record, not its memory: a restart keeps it.
+            await gateway.ledger.close()
+            provider = CountingGateway(open_ledger(tmp_path / "payment-gateway.db", "again"))
     outcome = await payment_handlers.process(provider, ex, charge(FLAKY_CARD), ctx("p3"))
     assert outcome.data["status"] == "processed"
     assert await stored_types(store, pay.stream_name(ORDER)) == ["payment.processed"]
     # Per order: another order's flaky card starts failing from scratch.
     with pytest.raises(PaymentUnavailable):
         await payment_handlers.process(provider, ex, charge(FLAKY_CARD, "o-2"), ctx("q1"))
+    await provider.ledger.close()
 
 
 async def test_a_slow_card_never_answers_and_stores_nothing(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway
 ) -> None:
     with pytest.raises(Unresponsive):
-        await payment_handlers.process(PaymentProvider(), ex, charge(SLOW_CARD), ctx("pay1"))
+        await payment_handlers.process(gateway, ex, charge(SLOW_CARD), ctx("pay1"))
     assert await store.read_stream(pay.stream_name(ORDER)) == []
 
 
 async def test_refund_after_processing_refunds(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway
 ) -> None:
-    await payment_handlers.process(PaymentProvider(), ex, charge(), ctx("pay1"))
+    await payment_handlers.process(gateway, ex, charge(), ctx("pay1"))
     outcome = await payment_handlers.refund(
-        ex, pay.RefundPayment(order_id=ORDER, reason="payment_declined"), ctx("ref1")
+        gateway, ex, pay.RefundPayment(order_id=ORDER, reason="payment_declined"), ctx("ref1")
     )
     assert outcome.data["status"] == "refunded"
     events = await stored(store, pay.stream_name(ORDER))
@@ -314,41 +342,67 @@ async def test_refund_after_processing_refunds(
     assert isinstance(refunded, pay.PaymentRefunded)
     assert (refunded.amount, refunded.reason) == (Decimal("25.00"), "payment_declined")
     # Refunded once only, even when asked again under another id.
-    await payment_handlers.refund(ex, pay.RefundPayment(order_id=ORDER), ctx("ref2"))
+    await payment_handlers.refund(gateway, ex, pay.RefundPayment(order_id=ORDER), ctx("ref2"))
     assert len(await store.read_stream(pay.stream_name(ORDER))) == 2
+    # The gateway refunded the charge it made: a charge retried now is not charged again.
+    late = await gateway.charge(
+        ChargeRequest(
+            payment_id=f"pay-{ORDER}", order_id=ORDER, amount=Decimal("25.00"), method="card"
+        )
+    )
+    assert late.status == "voided"
 
 
 async def test_refund_before_processing_voids_and_refuses_a_late_charge(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, gateway: CountingGateway
 ) -> None:
     outcome = await payment_handlers.refund(
-        ex, pay.RefundPayment(order_id=ORDER, reason="timeout"), ctx("ref1")
+        gateway, ex, pay.RefundPayment(order_id=ORDER, reason="timeout"), ctx("ref1")
     )
     assert outcome.data["status"] == "voided"
     (voided,) = await stored(store, pay.stream_name(ORDER))
     assert isinstance(voided, pay.PaymentVoided) and voided.reason == "timeout"
 
-    provider = CountingProvider()
     with pytest.raises(InvalidState):
-        await payment_handlers.process(provider, ex, charge(), ctx("pay1"))
-    assert provider.calls == 0
+        await payment_handlers.process(gateway, ex, charge(), ctx("pay1"))
+    assert gateway.calls == 0
     assert await stored_types(store, pay.stream_name(ORDER)) == ["payment.voided"]
+    # The gateway voided it too: a charge already on its way when the refund came is
+    # refused there, and the handler refuses it without recording a decline.
+    fresh = CommandExecutor(store)
+    other = await gateway.refund(RefundRequest(payment_id="pay-o-9", order_id="o-9"))
+    assert other.status == "voided"
+    with pytest.raises(InvalidState):
+        await payment_handlers.process(gateway, fresh, charge(order_id="o-9"), ctx("pay9"))
+    assert await store.read_stream(pay.stream_name("o-9")) == []
 
 
-def test_the_simulated_failure_rate_is_deterministic_per_order() -> None:
-    ids = [f"o-{i}" for i in range(1000)]
-    first = [PaymentProvider(failure_rate=0.5, seed=1).authorize(i, "card") for i in ids]
-    provider = PaymentProvider(failure_rate=0.5, seed=1)
-    assert [provider.authorize(i, "card") for i in ids] == first
-    assert [provider.authorize(i, "card") for i in ids] == first
+async def test_the_simulated_failure_rate_is_deterministic_per_order(tmp_path: Path) -> None:
+    ids = [f"o-{i}" for i in range(300)]
+
+    async def approvals(seed: int, rate: float, name: str) -> list[bool]:
+        ledger = open_ledger(tmp_path / f"{name}.db", name)
+        gw = PaymentGatewayService(ledger, failure_rate=rate, seed=seed)
+        replies = [
+            await gw.charge(
+                ChargeRequest(
+                    payment_id=f"pay-{i}", order_id=i, amount=Decimal("1.00"), method="card"
+                )
+            )
+            for i in ids
+        ]
+        await ledger.close()
+        return [r.status == "approved" for r in replies]
+
+    first = await approvals(1, 0.5, "a")
+    assert await approvals(1, 0.5, "b") == first  # another gateway, the same answers
     declines = first.count(False)
-    assert 400 <= declines <= 600
+    assert 100 <= declines <= 200
     # Another seed picks other orders; no failure rate declines nobody.
-    other = [PaymentProvider(failure_rate=0.5, seed=2).authorize(i, "card") for i in ids]
-    assert other != first
-    assert all(PaymentProvider().authorize(i, "card") for i in ids)
+    assert await approvals(2, 0.5, "c") != first
+    assert all(await approvals(1, 0.0, "d"))
     with pytest.raises(ValueError):
-        PaymentProvider(failure_rate=1.5)
+        PaymentGatewayService(open_ledger(tmp_path / "e.db", "e"), failure_rate=1.5)
 
 
 # -- shipment -----------------------------------------------------------------------------
@@ -359,40 +413,42 @@ def arrange(country: str | None) -> sh.ArrangeShipment:
     return sh.ArrangeShipment(order_id=ORDER, address=address)
 
 
-async def test_a_shipment_is_arranged_once(store: SQLiteEventStore, ex: CommandExecutor) -> None:
-    outcome = await shipment_handlers.arrange(ex, arrange("DE"), ctx("s1"))
+async def test_a_shipment_is_arranged_once(
+    store: SQLiteEventStore, ex: CommandExecutor, carrier: ShippingCarrierService
+) -> None:
+    outcome = await shipment_handlers.arrange(carrier, ex, arrange("DE"), ctx("s1"))
     assert outcome.data == {
         "order_id": ORDER,
         "status": "arranged",
         "tracking_number": f"trk-{ORDER}",
         "country": "DE",
     }
-    await shipment_handlers.arrange(ex, arrange("DE"), ctx("s2"))
+    await shipment_handlers.arrange(carrier, ex, arrange("DE"), ctx("s2"))
     assert await stored_types(store, sh.stream_name(ORDER)) == ["shipment.arranged"]
 
 
 async def test_a_restricted_area_is_refused_and_the_failure_stored(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, carrier: ShippingCarrierService
 ) -> None:
     with pytest.raises(RestrictedArea) as info:
-        await shipment_handlers.arrange(ex, arrange("XX"), ctx("s1"))
+        await shipment_handlers.arrange(carrier, ex, arrange("XX"), ctx("s1"))
     assert info.value.code == "restricted_area"
     (failed,) = await stored(store, sh.stream_name(ORDER))
     assert isinstance(failed, sh.ShipmentFailed)
     assert (failed.reason, failed.country) == ("restricted_area", "XX")
     # A resend is refused the same way and stores nothing more.
     with pytest.raises(RestrictedArea):
-        await shipment_handlers.arrange(ex, arrange("XX"), ctx("s2"))
+        await shipment_handlers.arrange(carrier, ex, arrange("XX"), ctx("s2"))
     assert len(await store.read_stream(sh.stream_name(ORDER))) == 1
 
 
 async def test_cancel_before_arrange_refuses_a_late_arrangement(
-    store: SQLiteEventStore, ex: CommandExecutor
+    store: SQLiteEventStore, ex: CommandExecutor, carrier: ShippingCarrierService
 ) -> None:
     outcome = await shipment_handlers.cancel(
-        ex, sh.CancelShipment(order_id=ORDER, reason="payment_declined"), ctx("c1")
+        carrier, ex, sh.CancelShipment(order_id=ORDER, reason="payment_declined"), ctx("c1")
     )
     assert outcome.data["status"] == "cancelled"
     with pytest.raises(InvalidState):
-        await shipment_handlers.arrange(ex, arrange("DE"), ctx("s1"))
+        await shipment_handlers.arrange(carrier, ex, arrange("DE"), ctx("s1"))
     assert await stored_types(store, sh.stream_name(ORDER)) == ["shipment.cancelled"]
