@@ -63,6 +63,25 @@ ORDERMESH_METRICS: dict[str, Family] = {
     "ordermesh_websocket_messages_total": _f("counter", "direction", "type"),
 }
 
+_PARTNER = ("app_name", "broker", "handler")
+
+#: The partners' families (``ordermesh run partners``, on that process's /metrics):
+#: FastStream's own ``NatsPrometheusMiddleware``, one set per partner. ``app_name`` is the
+#: partner (``payment-gateway``, ``shipping-carrier``), ``broker`` is ``nats`` and
+#: ``handler`` the subject (one of the four ``partners.*``). Not in ``ORDERMESH_METRICS``:
+#: FastStream names and fills them, with no exemplars. Its ``faststream_published_*``
+#: families stay empty (a reply is not counted as a publish), so they are not listed.
+PARTNER_METRICS: dict[str, Family] = {
+    "faststream_received_messages_total": _f("counter", *_PARTNER),
+    "faststream_received_messages_size_bytes": _f("histogram", *_PARTNER),
+    "faststream_received_messages_in_process": _f("gauge", *_PARTNER),
+    "faststream_received_processed_messages_total": _f("counter", *_PARTNER, "status"),
+    "faststream_received_processed_messages_duration_seconds": _f("histogram", *_PARTNER),
+    "faststream_received_processed_messages_exceptions_total": _f(
+        "counter", *_PARTNER, "exception_type"
+    ),
+}
+
 #: prometheus-client's default collectors, and Prometheus's own series for every target.
 PROCESS_METRICS: dict[str, Family] = {
     "process_cpu_seconds_total": _f("counter"),
@@ -116,6 +135,7 @@ ALERTS = frozenset(
         "SagaStuck",
         "SLOErrorBudgetBurnFast",
         "SLOErrorBudgetBurnSlow",
+        "PartnerSlowResponse",
     }
 )
 
@@ -123,6 +143,7 @@ ALERTS = frozenset(
 SCRAPE_JOBS = {
     "ordermesh": {
         "ordermesh-command:9464",
+        "ordermesh-partners:9464",
         "ordermesh-relay:9464",
         "ordermesh-saga:9464",
         "ordermesh-read:9464",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,7 +34,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from broker.connection import NatsUnreachable, connect, connect_options, redact_url
 from broker.jetstream import ensure_streams
-from broker.subjects import ALL_EVENTS, ALL_SAGAS, dlq_retry_subject
+from broker.subjects import (
+    ALL_EVENTS,
+    ALL_SAGAS,
+    PAYMENT_CHARGE,
+    PAYMENT_GATEWAY,
+    PAYMENT_REFUND,
+    SHIPPING_BOOK,
+    SHIPPING_CANCEL,
+    SHIPPING_CARRIER,
+    dlq_retry_subject,
+)
+from domain import payment, shipment
 from infra.nats_server import EmbeddedNatsServer, nats_server_binary
 from ordermesh.api.events import StoredEventReader
 from ordermesh.api.process import MonitorProcess
@@ -41,16 +53,38 @@ from ordermesh.app import App
 from ordermesh.config import Settings
 from ordermesh.tap.message import Tapped
 from ordermesh.tap.session import Replay, Tap, TapOptions
+from partners.ledger import booking_of, charge_of
+from partners.service import PartnerServices
 from projections import all_projections
 from sagas.inbox import SagaInbox
 from tests.conftest import FAST, eventually, request
 from tests.stack.tools import require_tool
 
 AUTH_CONF = Path(__file__).parents[2] / "infra" / "nats" / "auth.conf"
-ROLES = ("command", "relay", "saga", "projections", "api", "tap", "client", "operator")
-#: Each user's own inboxes (auth.conf lets it subscribe only there); the others read
-#: every reply (``_INBOX.>``) and keep nats-py's default.
-INBOX = {r: f"_INBOX.{r}" for r in ("command", "relay", "saga", "projections", "client")}
+ROLES = (
+    "command",
+    "partners",
+    "relay",
+    "saga",
+    "projections",
+    "api",
+    "tap",
+    "client",
+    "operator",
+)
+#: Each user's own inboxes (auth.conf lets it subscribe only there, and the partners,
+#: which send no request, not even there); the others read every reply (``_INBOX.>``)
+#: and keep nats-py's default.
+INBOX = {
+    r: f"_INBOX.{r}" for r in ("command", "partners", "relay", "saga", "projections", "client")
+}
+#: The partners' subjects and the queue group each is served in (broker/subjects.py).
+PARTNER_QUEUES = {
+    PAYMENT_CHARGE: PAYMENT_GATEWAY,
+    PAYMENT_REFUND: PAYMENT_GATEWAY,
+    SHIPPING_BOOK: SHIPPING_CARRIER,
+    SHIPPING_CANCEL: SHIPPING_CARRIER,
+}
 READ_MODELS = "+".join(p.name for p in all_projections())
 #: The lease bucket of relay, saga and projections (broker/lease.py, being written).
 BUCKET = "ordermesh_leases"
@@ -104,10 +138,15 @@ class Refusals:
     async def record(self, exc: BaseException) -> None:
         self.errors.append(str(exc))
 
-    def of(self, action: str, subject: str) -> bool:
-        # nats-py lower-cases the server's error line, subject included.
+    def of(self, action: str, subject: str, queue: str | None = None) -> bool:
+        """Whether the server refused that action; for a subscription, in that queue
+        group (``queue``) or as a plain one (``None``), never either for the other."""
+        # nats-py lower-cases the server's error line, subject included, and quotes it:
+        # 'nats: permissions violation for subscription to "x" using queue "q"'.
         wanted = f'permissions violation for {action} to "{subject.lower()}"'
-        return any(wanted in error for error in self.errors)
+        if queue is not None:
+            wanted += f' using queue "{queue.lower()}"'
+        return any(error.rstrip("'").endswith(wanted) for error in self.errors)
 
 
 async def start_secured(
@@ -158,14 +197,19 @@ async def round_trip(nc: NATS) -> None:
     await nc.flush()
 
 
-async def attempt(nc: NATS, refusals: Refusals, action: str, subject: str) -> bool:
-    """Publish to or subscribe to ``subject``; whether the server accepted it."""
+async def attempt(nc: NATS, refusals: Refusals, action: str, target: str) -> bool:
+    """Publish to or subscribe to ``target``; whether the server accepted it. A
+    subscription's target may name a queue group as auth.conf does:
+    ``"<subject> <queue group>"``."""
+    subject, _, group = target.partition(" ")
+    queue = group or None
     if action == "publish":
+        assert queue is None, target
         await nc.publish(subject, b"probe")
     else:
-        sub = await nc.subscribe(subject)
+        sub = await nc.subscribe(subject, queue=group)
     await round_trip(nc)
-    accepted = not refusals.of(action, subject)
+    accepted = not refusals.of(action, subject, queue)
     if action == "subscription":
         await sub.unsubscribe()
     return accepted
@@ -175,13 +219,22 @@ async def attempt(nc: NATS, refusals: Refusals, action: str, subject: str) -> bo
 #: concrete or patterns as a service would send them.
 ALLOWED: dict[str, dict[str, list[str]]] = {
     "command": {
-        "publish": ["ordermesh.heartbeat.ordermesh-command", "$SRV.PING.ordermesh-command.1"],
+        "publish": [
+            "ordermesh.heartbeat.ordermesh-command",
+            "$SRV.PING.ordermesh-command.1",
+            *PARTNER_QUEUES,  # its requests to the partners
+        ],
         "subscription": [
             "commands.>",
             "$SRV.PING",
             "$SRV.PING.ordermesh-command.*",
             "_INBOX.command.>",
         ],
+    },
+    "partners": {
+        "publish": ["ordermesh.heartbeat.ordermesh-partners"],
+        # Each subject in its partner's queue group (auth.conf's "<subject> <queue>").
+        "subscription": [f"{subject} {queue}" for subject, queue in PARTNER_QUEUES.items()],
     },
     "relay": {
         "publish": [
@@ -223,6 +276,7 @@ ALLOWED: dict[str, dict[str, list[str]]] = {
             "events.>",
             "sagas.>",
             "dlq.>",
+            "partners.>",  # the command service's calls to the partners, watched
             "_INBOX.>",
             "ordermesh.heartbeat.>",
         ],
@@ -240,6 +294,7 @@ ALLOWED: dict[str, dict[str, list[str]]] = {
             "events.>",
             "sagas.>",
             "dlq.>",
+            "partners.>",
             "_INBOX.>",
             "ordermesh.>",
         ],
@@ -266,8 +321,40 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             "dlq.events.order.placed",
             "commands.order.place",
             "$JS.API.STREAM.INFO.EVENTS",
+            "partners.payment.capture",  # the four partner subjects only
         ],
-        "subscription": ["events.>", "queries.>", "_INBOX.>", "_INBOX.client.>"],
+        "subscription": [
+            "events.>",
+            "queries.>",
+            "_INBOX.>",
+            "_INBOX.client.>",
+            "partners.>",
+            f"{PAYMENT_CHARGE} {PAYMENT_GATEWAY}",  # it may not pose as the gateway
+        ],
+    },
+    "partners": {
+        "publish": [
+            "events.order.placed",
+            "sagas.order_fulfillment.started",
+            "commands.payment.process",
+            "queries.order.get",
+            "dlq.events.order.placed",
+            PAYMENT_CHARGE,  # it answers requests, never sends one
+            "_INBOX.command.abc.1",  # a reply only to a request it received
+            "$JS.API.STREAM.INFO.EVENTS",
+            "$KV.ordermesh_leases.relay",
+        ],
+        "subscription": [
+            PAYMENT_CHARGE,  # not outside its queue group
+            f"{PAYMENT_CHARGE} {SHIPPING_CARRIER}",  # nor in another's
+            f"{SHIPPING_BOOK} {PAYMENT_GATEWAY}",
+            "partners.>",
+            f"partners.> {PAYMENT_GATEWAY}",
+            "commands.>",
+            "events.>",
+            "_INBOX.>",
+            "_INBOX.partners.>",  # it sends no request: no replies to read
+        ],
     },
     "relay": {
         "publish": [
@@ -276,6 +363,7 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             "$KV.ordermesh_leases.saga",
             "$JS.API.STREAM.DELETE.EVENTS",
             "$JS.API.STREAM.PURGE.EVENTS",
+            SHIPPING_BOOK,
         ],
         "subscription": ["events.>", "commands.>", "_INBOX.>"],
     },
@@ -286,6 +374,7 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             "queries.order.get",
             "$KV.ordermesh_leases.relay",
             "$JS.API.STREAM.DELETE.EVENTS",
+            PAYMENT_CHARGE,  # payments go through the command service
         ],
         "subscription": [dlq_retry_subject(READ_MODELS), "events.>", "_INBOX.>"],
     },
@@ -305,6 +394,7 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             "dlq.events.order.placed",
             "$JS.API.STREAM.DELETE.EVENTS",
             "$JS.API.STREAM.MSG.DELETE.DLQ",
+            SHIPPING_BOOK,
         ],
         "subscription": ["$JS.API.>", "$KV.>"],
     },
@@ -318,6 +408,7 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             "$JS.API.STREAM.PURGE.EVENTS",
             "$JS.API.STREAM.MSG.DELETE.DLQ",
             "$KV.ordermesh_leases.relay",
+            PAYMENT_REFUND,
         ],
         "subscription": ["$JS.API.>", "$KV.>"],
     },
@@ -330,14 +421,24 @@ REFUSED: dict[str, dict[str, list[str]]] = {
             dlq_retry_subject(SagaInbox.name),
             "ordermesh.heartbeat.ordermesh",
             "$KV.ordermesh_leases.relay",
+            PAYMENT_CHARGE,  # no charge nor refund but through the services
+            PAYMENT_REFUND,
         ],
-        "subscription": ["_INBOX.>", "_INBOX.saga.>", "_INBOX.*.x", "events.>", "commands.>"],
+        "subscription": [
+            "_INBOX.>",
+            "_INBOX.saga.>",
+            "_INBOX.*.x",
+            "events.>",
+            "commands.>",
+            f"{PAYMENT_CHARGE} {PAYMENT_GATEWAY}",  # nor pose as the gateway
+        ],
     },
     "operator": {
         "publish": [
             "events.order.placed",
             "sagas.order_fulfillment.started",
             "dlq.events.order.placed",
+            PAYMENT_REFUND,  # a refund is commands.payment.refund: recorded, then sent
         ],
         "subscription": [],
     },
@@ -542,16 +643,23 @@ async def place_and_follow(client: NATS, order_id: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 async def test_every_service_runs_as_its_own_user_over_tls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_lines: LogLines
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: LogLines,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The permission set is enough: each service as its own user (credentials, inbox
     prefix and CA from ``ORDERMESH_NATS_*``), a client places an order that the saga
-    fulfils, the monitor sees it all, and the operator reaches each consumer's DLQ retry.
+    fulfils (its payment charged by the gateway, its shipment booked by the carrier, each
+    on its own connections as the partners user), the monitor sees it all, and the
+    operator reaches each consumer's DLQ retry.
     """
+    caplog.set_level(logging.WARNING)  # FastStream logs through the standard library
     secured = await start_secured(tmp_path, monkeypatch, tls=True)
     data = tmp_path / "data"
     roles = {
         "command": ("command",),
+        "partners": ("partners",),
         "relay": ("relay",),
         "saga": ("saga",),
         "projections": ("projections", "query"),
@@ -569,6 +677,17 @@ async def test_every_service_runs_as_its_own_user_over_tls(
         operator = await secured.user("operator")
         order = await place_and_follow(client, "o-1")
         assert order["data"]["saga_status"] == "completed"
+        # Charged and booked by the partners, as themselves.
+        partners = apps[1].component(PartnerServices)
+        assert partners.gateway is not None and partners.carrier is not None
+        charge = await partners.gateway.ledger.run(
+            lambda db: charge_of(db, payment.payment_id("o-1"))
+        )
+        booking = await partners.carrier.ledger.run(
+            lambda db: booking_of(db, shipment.shipment_id("o-1"))
+        )
+        assert charge is not None and charge.status == "approved", charge
+        assert booking is not None and booking.status == "booked", booking
 
         monitor = apps[-1].monitor
         assert monitor is not None
@@ -595,6 +714,8 @@ async def test_every_service_runs_as_its_own_user_over_tls(
         await secured.server.stop()
     assert "permissions violation" not in log_lines.text().lower()
     assert "nats: " not in log_lines.text()  # no asynchronous NATS error at all
+    assert "permissions violation" not in caplog.text.lower()  # the partners' brokers
+    assert "nats: " not in caplog.text
 
 
 async def test_without_the_ca_a_service_is_refused_with_the_reason(
@@ -697,6 +818,7 @@ COMPOSE_AUTH = AUTH_CONF.parent / "compose.auth.yaml"
 #: The compose stack's ordermesh containers and the user each runs as.
 CONTAINER_USERS = {
     "ordermesh-command": "command",
+    "ordermesh-partners": "partners",
     "ordermesh-relay": "relay",
     "ordermesh-saga": "saga",
     "ordermesh-read": "projections",

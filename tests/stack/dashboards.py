@@ -8,9 +8,9 @@ query against a Prometheus scraping real ordermesh processes) share:
 - ``external_only(expr)``: whether an expression reads only metrics of the NATS exporter
   or of the OpenTelemetry Collector, which the live test cannot run;
 - ``expand(expr)``: an expression with Grafana's variables replaced, ready for Prometheus;
-- the allowed names: the monitoring contract's (``tests/contract.py``: metric families
-  and recording rules), ``EXPORTER_METRICS`` and ``COLLECTOR_METRICS``, each
-  with where its name comes from.
+- the allowed names: the monitoring contract's (``tests/contract.py``: metric families,
+  the partners' FastStream families and recording rules), ``EXPORTER_METRICS`` and
+  ``COLLECTOR_METRICS``, each with where its name comes from.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import promql_parser
 
-from tests.contract import ORDERMESH_METRICS, PROCESS_METRICS, RECORDING_RULES
+from tests.contract import ORDERMESH_METRICS, PARTNER_METRICS, PROCESS_METRICS, RECORDING_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "infra" / "grafana"
@@ -115,7 +115,7 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 def contract_series_names() -> frozenset[str]:
     """Every series name the contract's families expose (histograms' included)."""
     names: set[str] = set()
-    for family, (kind, _labels) in (ORDERMESH_METRICS | PROCESS_METRICS).items():
+    for family, (kind, _labels) in (ORDERMESH_METRICS | PARTNER_METRICS | PROCESS_METRICS).items():
         if kind == "histogram":
             names.update(family + suffix for suffix in _HISTOGRAM_SUFFIXES)
         else:
@@ -220,13 +220,19 @@ def metric_names(expr: str) -> set[str]:
     return {name for s in selectors(expr) if (name := _name(s)) is not None}
 
 
+#: Name prefixes of the series ordermesh's processes serve (theirs, and the partners'
+#: FastStream series), which a panel filters by the ``service`` variable.
+SERVICE_PREFIXES = ("ordermesh_", "faststream_")
+
+
 def selectors_without(expr: str, label: str) -> list[str]:
-    """The ``ordermesh_*`` selectors of ``expr`` that have no matcher on ``label``."""
+    """The selectors of ``expr`` for ordermesh's processes' own series (``ordermesh_*``,
+    ``faststream_*``) that have no matcher on ``label``."""
     return [
         name
         for s in selectors(expr)
         if (name := _name(s)) is not None
-        and name.startswith("ordermesh_")
+        and name.startswith(SERVICE_PREFIXES)
         and not any(m.name == label for m in s.matchers.matchers)
     ]
 

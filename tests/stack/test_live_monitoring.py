@@ -4,9 +4,11 @@ runs orders with failures through them. Then, through Prometheus's HTTP API: eve
 evaluates without error, every dashboard panel's query returns series, and alerts go from
 inactive to pending when their condition is produced for real.
 
-The services run as two processes, as in ``compose.yaml``: ``command relay saga`` and
-``projections query`` (the read side), so that stopping the read side is a service going
-down while the rest keeps running.
+The services run as three processes, as in ``compose.yaml``: ``command relay saga``,
+``projections query`` (the read side) and ``partners`` (the payment gateway and the
+shipping carrier, which the command service asks), so that stopping the read side is a
+service going down while the rest keeps running. The partners' panels read FastStream's
+own series from that process, held to the contract's ``PARTNER_METRICS`` here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,13 @@ from typing import Any
 import pytest
 import yaml
 from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
 
+from broker.subjects import PAYMENT_CHARGE
 from infra.nats_server import EmbeddedNatsServer, free_port
+from partners.rules import SLOW_CARD
 from tests.conftest import eventually, request
+from tests.contract import PARTNER_METRICS
 from tests.integration.test_processes import ORDERMESH, env_for, http_status, ordermesh
 from tests.stack.dashboards import expand, external_only, panel_queries
 from tests.stack.tools import INFRA, require_tool
@@ -40,6 +46,8 @@ PROMETHEUS_DIR = INFRA / "prometheus"
 #: (SagaFailureRate), a message that is not ours is set aside (DLQNotEmpty), and the read
 #: side is stopped (ServiceDown).
 PRODUCED = ("HighErrorRate", "SagaFailureRate", "DLQNotEmpty")
+#: Only the ``le`` of a histogram's buckets adds to a family's labels.
+_BUCKET_LABEL = "le"
 
 
 @dataclass
@@ -144,6 +152,28 @@ async def wait_ready(port: int) -> None:
     await eventually(ready, timeout=30, interval=0.1)
 
 
+def scraped_families(url: str) -> dict[str, tuple[str, set[frozenset[str]]]]:
+    """A /metrics page's families: name (a counter's with ``_total``) -> (type, the label
+    names of its samples)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    families: dict[str, tuple[str, set[frozenset[str]]]] = {}
+    for family in text_string_to_metric_families(text):
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = {frozenset(s.labels) - {_BUCKET_LABEL} for s in family.samples}
+        families[name] = (family.type, labels)
+    return families
+
+
+@contextlib.asynccontextmanager
+async def all_ready(ports: Iterable[int]) -> AsyncIterator[None]:
+    """Until every process answers ``/readyz``: Prometheus starts after that, so that no
+    target is scraped down (and ``ServiceDown`` pending) while its process starts."""
+    for port in ports:
+        await wait_ready(port)
+    yield
+
+
 async def run_demo_cli(env: dict[str, str], orders: int) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         ORDERMESH,
@@ -169,7 +199,11 @@ async def test_rules_panels_and_alerts_on_live_data(
     services_env: dict[str, str], nc: NATS, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    ports = {"ordermesh-command": free_port(), "ordermesh-read": free_port()}
+    ports = {
+        "ordermesh-partners": free_port(),
+        "ordermesh-command": free_port(),
+        "ordermesh-read": free_port(),
+    }
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
     live_config(config, ports, prom_port)
@@ -178,14 +212,13 @@ async def test_rules_panels_and_alerts_on_live_data(
         return services_env | {"ORDERMESH_METRICS_PORT": str(ports[service])}
 
     async with (
+        ordermesh("run", "partners", env=env("ordermesh-partners")),
         ordermesh("run", "command", "relay", "saga", env=env("ordermesh-command")),
         ordermesh("run", "projections", "query", env=env("ordermesh-read")) as read_side,
+        all_ready(ports.values()),
         prometheus_server(config, tmp_path / "tsdb", prom_port) as prom,
     ):
-        for port in ports.values():
-            await wait_ready(port)
-
-        # Before any traffic: both targets up, and none of the alerts produced below.
+        # Before any traffic: every target up, and none of the alerts produced below.
         async def scraped() -> bool:
             up = await asyncio.to_thread(prom.query, 'up{job="ordermesh"} == 1')
             return len(up) == len(ports)
@@ -195,23 +228,49 @@ async def test_rules_panels_and_alerts_on_live_data(
         for alert in (*PRODUCED, "ServiceDown"):
             assert before[alert] == {"inactive"}, (alert, before[alert])
 
-        # The workload: orders with failures, queries (one refused), a foreign message.
+        # The workload: orders with failures (their payments and shipments answered by the
+        # partners), queries (one refused), a foreign message, and a charge the gateway
+        # leaves unanswered (a slow-card, sent straight to it: the demo has none), which
+        # FastStream counts as an exception. Its reply is not waited for.
         summary = await run_demo_cli(services_env, orders=60)
         assert summary["orders"] == 60, summary
+        assert summary["outcomes"].get("confirmed"), summary
         assert any(k.startswith("cancelled:") for k in summary["outcomes"]), summary
         assert (await request(nc, "queries.order.list", {}))["ok"]
         assert not (await request(nc, "queries.order.get", {"order_id": "o-none"}))["ok"]
         await nc.jetstream().publish("events.foreign.thing", b"\x00not ours")
+        slow = {"payment_id": "pay-o-slow", "order_id": "o-slow", "amount": "5.00"}
+        await nc.publish(
+            PAYMENT_CHARGE,
+            json.dumps(slow | {"method": SLOW_CARD}).encode(),
+            reply=nc.new_inbox(),
+        )
 
-        # Prometheus has scraped the end of the demo and the dead letter's depth.
+        # Prometheus has scraped the end of the demo, the dead letter's depth and the
+        # unanswered charge (twice: a rate needs two samples, and that series is new).
         async def settled() -> bool:
             ended = await asyncio.to_thread(prom.query, "sum(ordermesh_saga_completed_total) >= 60")
             dlq = await asyncio.to_thread(
                 prom.query, 'max(ordermesh_jetstream_stream_messages{stream="DLQ"}) > 0'
             )
-            return bool(ended and dlq)
+            unanswered = await asyncio.to_thread(
+                prom.query,
+                "count_over_time(faststream_received_processed_messages_exceptions_total"
+                '{exception_type="Unresponsive"}[15s]) >= 2',
+            )
+            return bool(ended and dlq and unanswered)
 
         await eventually(settled, timeout=30, interval=0.2)
+
+        # The partners' /metrics holds every family of the contract, with its labels.
+        families = await asyncio.to_thread(
+            scraped_families, f"http://127.0.0.1:{ports['ordermesh-partners']}/metrics"
+        )
+        for name, (kind, labels) in PARTNER_METRICS.items():
+            assert name in families, f"{name} is not on the partners' /metrics"
+            scraped_kind, label_sets = families[name]
+            assert scraped_kind == kind, (name, scraped_kind)
+            assert label_sets == {labels}, (name, label_sets)
 
         # Every rule evaluates without error.
         async def evaluated() -> list[dict[str, Any]]:
@@ -228,15 +287,26 @@ async def test_rules_panels_and_alerts_on_live_data(
         # the NATS exporter or the collector, which cannot run here.
         # Grafana's variables as it would fill them in: every service and instance, and
         # windows that hold a few of the test's one-second scrapes.
-        empty, external = [], set()
-        for uid, title, ref, expr in panel_queries():
-            if external_only(expr):
-                external.add(f"{uid}: {title}")
-                continue
-            query = expand(expr, rate_interval="15s", range_="5m", interval="5s")
-            if not await asyncio.to_thread(prom.query, query):
-                empty.append((uid, title, ref, expr))
-        assert not empty, empty
+        # A series that first appeared in the last seconds (a histogram's, after the
+        # queries above) needs a second scrape before a rate over it has a sample: the
+        # panels are asked until all answer, and those still empty then are the failure.
+        external = {f"{q.uid}: {q.title}" for q in panel_queries() if external_only(q.expr)}
+        live = [q for q in panel_queries() if not external_only(q.expr)]
+        empty = list(live)
+
+        async def every_panel_answers() -> bool:
+            still = []
+            for q in empty:
+                query = expand(q.expr, rate_interval="15s", range_="5m", interval="5s")
+                if not await asyncio.to_thread(prom.query, query):
+                    still.append(q)
+            empty[:] = still
+            return not empty
+
+        try:
+            await eventually(every_panel_answers, timeout=15, interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"panels without data: {empty}") from None
         assert external, "the exporter's panels are expected to be listed here"
         print(
             "panels fed only by the NATS exporter or the collector:", *sorted(external), sep="\n  "
