@@ -41,13 +41,15 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 TAP_HELP = (
     "Watch messages on any subjects: one readable line each, or JSON lines.\n\n"
-    "With no SUBJECT, taps commands.>, events.>, queries.> and sagas.>, and shows each "
-    "request's reply matched to it. Any message is shown: one without ce-* headers as it "
-    "is, a body that is not JSON as raw text. Stop with Ctrl-C, --count or --timeout.\n\n"
+    "With no SUBJECT, taps commands.>, events.>, queries.>, sagas.> and partners.> (the "
+    "command service's calls to the payment gateway and the shipping carrier), and shows "
+    "each request's reply matched to it. Any message is shown: one without ce-* headers as "
+    "it is, a body that is not JSON as raw text. Stop with Ctrl-C, --count or --timeout.\n\n"
     "[b]Examples[/b]\n\n"
     "  ordermesh tap                                 [dim]everything, live[/]\n\n"
     "  ordermesh tap 'events.order.>' --body         [dim]order events, pretty bodies[/]\n\n"
     "  ordermesh tap --type 'payment.*' --headers    [dim]by CloudEvents type[/]\n\n"
+    "  ordermesh tap 'partners.>' --body             [dim]calls to the partners[/]\n\n"
     "  ordermesh tap --trace 4bf92f35                [dim]one trace[/]\n\n"
     "  ordermesh tap --json -n 100 | jq .body        [dim]for scripts[/]\n\n"
     "  ordermesh tap --stats                         [dim]per-subject rates[/]\n\n"

@@ -1,9 +1,10 @@
 """The broadcaster: a tap on every topic whose sink is the monitor's buffer.
 
 It is ``ordermesh tap`` without a terminal: the same subscriptions (``commands.>``,
-``events.>``, ``queries.>``, ``sagas.>``, and here ``dlq.>``), the same matching of
-replies on ``_INBOX.>`` to their requests, the same callbacks that only decode and hand
-over. The buffer's ``take`` never waits, so NATS is read as fast as it writes and nothing
+``events.>``, ``queries.>``, ``sagas.>``, ``partners.>``, and here ``dlq.>``), the same
+matching of replies on ``_INBOX.>`` to their requests (the partners answer the command
+service's inbox like any service), the same callbacks that only decode and hand over.
+The buffer's ``take`` never waits, so NATS is read as fast as it writes and nothing
 pushes back on the system.
 
 Events come from the core subscription on ``events.>`` and ``sagas.>``, not from a
@@ -26,12 +27,20 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
-from broker.subjects import ALL_COMMANDS, ALL_DLQ, ALL_EVENTS, ALL_QUERIES, ALL_SAGAS
+from broker.subjects import (
+    ALL_COMMANDS,
+    ALL_DLQ,
+    ALL_EVENTS,
+    ALL_PARTNERS,
+    ALL_QUERIES,
+    ALL_SAGAS,
+)
 from broker.tasks import cancel_and_wait
 from ordermesh.monitor.buffer import MessageBuffer
 from ordermesh.tap.session import Tap, TapOptions
 
-SUBJECTS = (ALL_COMMANDS, ALL_EVENTS, ALL_QUERIES, ALL_SAGAS, ALL_DLQ)
+#: One per topic of the buffer (``buffer.TOPICS``).
+SUBJECTS = (ALL_COMMANDS, ALL_EVENTS, ALL_QUERIES, ALL_SAGAS, ALL_DLQ, ALL_PARTNERS)
 #: How long ``start`` waits for the subscriptions (a flush through the server).
 START_TIMEOUT = 15.0
 

@@ -13,7 +13,9 @@ A reply is not a message of its own: it is matched to its request (through the i
 the tap saw on the request) and the request's stored message is *replaced* in the ring
 by a copy carrying ``latency_ms`` and ``ok`` (messages are immutable, so a reader never
 sees one half-updated). Subscribers received the request when it arrived, without them;
-queries of the buffer (``pubsubMessages``) show them once the reply is in.
+queries of the buffer (``pubsubMessages``) show them once the reply is in. The requests
+are the commands, the queries, and the command service's calls to the partners
+(``partners.>``, FastStream services: see :func:`reply_ok` for what their ``ok`` means).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from broker import cloudevents as ce
 from ordermesh.tap.message import Tapped
 from telemetry.metrics import monitor_dropped, monitor_messages
 
-#: A topic is a subject's first token; these, and nothing else, are kept.
-TOPICS = ("commands", "events", "queries", "sagas", "dlq")
+#: A topic is a subject's first token; these, and nothing else, are kept. New topics go
+#: last, so that a client reading ``pubsubStats`` by position is not misled.
+TOPICS = ("commands", "events", "queries", "sagas", "dlq", "partners")
 #: Topics whose messages are requests: their replies are matched to them.
-REQUEST_TOPICS = frozenset({"commands", "queries"})
+REQUEST_TOPICS = frozenset({"commands", "queries", "partners"})
 PAYLOAD_CAP = 4096
 #: A foreign publisher may send anything: headers are kept, within these bounds.
 MAX_HEADERS = 64
@@ -69,6 +72,7 @@ class MonitoredMessage:
     received_at: datetime
     trace_id: str | None
     correlation_id: str | None
+    """``ce-correlationid``, else the ``correlation_id`` header (a partner request's)."""
     aggregate_id: str | None
     payload: str
     """The body's text, at most the cap in bytes (cut on a character boundary); a body
@@ -78,7 +82,8 @@ class MonitoredMessage:
     latency_ms: float | None = None
     """Request to reply, as the monitor saw them; None until the reply (or without one)."""
     ok: bool | None = None
-    """The reply's ``ok``; False for a dead letter; None otherwise."""
+    """Whether the reply was a success (:func:`reply_ok`); False for a dead letter; None
+    otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,7 @@ class TopicStats:
     """Over the sliding window (to the second)."""
     last_seen: datetime | None
     errors: int
-    """Replies with ``ok: false`` to this topic's requests."""
+    """Replies to this topic's requests that :func:`reply_ok` calls failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,9 @@ class TypeStats:
 
 
 def topic_of(subject: str) -> str | None:
-    """``commands.order.place`` → ``commands``; None for anything else (``_INBOX.*``,
-    heartbeats, a foreign ``foo.bar``)."""
+    """``commands.order.place`` → ``commands``, ``partners.payment.charge`` →
+    ``partners``; None for anything else (``_INBOX.*``, heartbeats, a foreign
+    ``foo.bar``)."""
     head, dot, _rest = subject.partition(".")
     return head if dot and head in TOPICS else None
 
@@ -160,7 +166,7 @@ def _message_id(tapped: Tapped, topic: str) -> str:
 
 def monitored(tapped: Tapped, *, cap: int = PAYLOAD_CAP) -> MonitoredMessage | None:
     """What the monitor keeps of a tapped message; None for a reply (it is attached to
-    its request instead) and for anything outside the five topics."""
+    its request instead) and for anything outside :data:`TOPICS`."""
     if tapped.request is not None:
         return None
     topic = topic_of(tapped.subject)
@@ -187,7 +193,22 @@ def monitored(tapped: Tapped, *, cap: int = PAYLOAD_CAP) -> MonitoredMessage | N
 
 
 def reply_ok(reply: Tapped) -> bool:
-    """A reply says ``ok: false``, or is the server's "no responders" status."""
+    """Whether a reply was a success: not when it says ``ok: false``, nor when it is the
+    server's "no responders" status.
+
+    The same rule holds for the partners, whose answers have no ``{"ok": …}`` envelope: a
+    ``ChargeReply`` with ``status: declined``, a ``BookingReply`` with ``refused``, even
+    ``unavailable`` (try again later) are the partner's answer to a request it read, given
+    in the normal course of business, and count as ok. They are not the monitor's to
+    judge: the command that asked turns them into its own refusal (``payment_declined``,
+    ``payment_unavailable``), which the commands topic counts as an error once. What
+    fails on the partners topic is what only it can see: a partner that could not read
+    the request (``{"ok": false, "error": …}``), and "no responders". The monitor's own
+    subscription is interest enough for the server, though, so while the monitor watches
+    ``partners.>`` that status never comes: partners that are down, like a partner that
+    never answers (``slow-card``), leave their calls without a reply (``ok`` None), as a
+    lost command does; their node on the service map turns unhealthy instead.
+    """
     return not reply.failed and reply.headers.get(_STATUS) != "503"
 
 

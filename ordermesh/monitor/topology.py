@@ -3,11 +3,12 @@ on ``ordermesh.heartbeat.>``) and what flows between the services (the buffer's 
 per message type, laid on a fixed map of who sends what to whom).
 
 The map is static because the architecture is: commands go from a client (or the saga)
-to the command service, which appends to the event store; the relay publishes what was
-stored to ``EVENTS``; the projections and the saga consume it; dead letters go to
-``DLQ``. A message does not say which service consumed it, so the traffic of an edge is
-the traffic of the messages that travel it. :func:`build_graph` is a pure function of
-the statistics and the instances, for tests.
+to the command service, which appends to the event store and asks the partners (the
+payment gateway and the shipping carrier, FastStream services: ``partners.>``); the relay
+publishes what was stored to ``EVENTS``; the projections and the saga consume it; dead
+letters go to ``DLQ``. A message does not say which service consumed it, so the traffic
+of an edge is the traffic of the messages that travel it. :func:`build_graph` is a pure
+function of the statistics and the instances, for tests.
 
 Runs on the event loop's thread, like the buffer. Bounded: an instance not heard from for
 :data:`FORGET_AFTER` seconds is forgotten, and at most :data:`MAX_INSTANCES` are kept
@@ -39,8 +40,11 @@ from ordermesh.monitor.buffer import MessageBuffer, TypeStats
 FORGET_AFTER = 600.0
 MAX_INSTANCES = 1000
 
-#: The logical services (``ordermesh.app.SERVICES``, not imported: the app may import us).
-SERVICES = ("command", "query", "relay", "projections", "saga")
+#: The logical services drawn whether or not they run (``ordermesh.app.SERVICES`` but the
+#: monitor itself; not imported: the app may import us). ``partners`` is one node for
+#: both partners: one process (``ordermesh run partners``) runs them, and its heartbeat
+#: says ``partners``.
+SERVICES = ("command", "query", "relay", "projections", "saga", "partners")
 #: The commands the saga sends; any other command comes from a client. (``order.cancel``
 #: is both: a client's cancellation counts as the saga's here.)
 SAGA_COMMANDS = frozenset(
@@ -71,6 +75,7 @@ _LABELS = {
     "relay": "relay",
     "projections": "projections",
     "saga": "saga",
+    "partners": "partners (gateway, carrier)",
 }
 #: Every edge, always listed (with 0 when idle) so that a drawing keeps its layout.
 EDGES: tuple[tuple[str, str, str], ...] = (
@@ -78,6 +83,7 @@ EDGES: tuple[tuple[str, str, str], ...] = (
     ("saga", "command", "commands"),
     (CLIENT, "query", "queries"),
     ("command", STORE, "commands"),
+    ("command", "partners", "partners"),
     ("saga", STORE, "sagas"),
     (STORE, "relay", "events"),
     (STORE, "relay", "sagas"),
@@ -94,6 +100,7 @@ _PATHS: dict[str, tuple[tuple[str, str], ...]] = {
     "events": ((STORE, "relay"), ("relay", EVENTS), (EVENTS, "projections"), (EVENTS, "saga")),
     "sagas": (("saga", STORE), (STORE, "relay"), ("relay", EVENTS), (EVENTS, "projections")),
     "dlq": (("projections", DLQ),),
+    "partners": (("command", "partners"),),
 }
 
 

@@ -1,7 +1,9 @@
 """One tapped message, decoded as far as it will go and never further.
 
 Anything may arrive on a tapped subject: our CloudEvents, a plain ``nats pub``, binary
-junk. Decoding never raises; what is not ours is kept raw.
+junk, the partners' requests (FastStream's conventions rather than CloudEvents: a
+``correlation_id`` header, no ``ce-*``). Decoding never raises; what is not ours is kept
+raw.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from broker.subjects import (
     COMMANDS_PREFIX,
     DLQ_PREFIX,
     EVENTS_PREFIX,
+    PARTNERS_PREFIX,
     QUERIES_PREFIX,
     SAGAS_PREFIX,
     type_from_subject,
@@ -30,9 +33,15 @@ KINDS = {
     QUERIES_PREFIX: "query",
     SAGAS_PREFIX: "saga",
     DLQ_PREFIX: "dlq",
+    PARTNERS_PREFIX: "partner",
 }
+#: Kinds whose messages are requests: a reply to one is matched to it.
+REQUEST_KINDS = frozenset({"command", "query", "partner"})
 REPLY = "reply"
 OTHER = "other"
+#: The header FastStream reads and writes a correlation id in (the partners' requests
+#: carry ours there, not in ``ce-correlationid``).
+CORRELATION_HEADER = "correlation_id"
 
 
 def kind_of(subject: str) -> str:
@@ -88,11 +97,17 @@ class Tapped:
 
     @property
     def type(self) -> str:
+        """``ce-type``, else from the subject: ``commands.order.place`` → ``order.place``,
+        a partner's ``partners.payment.charge`` → ``payment.charge`` (the type of its
+        request model); a reply is ``<request type> reply``."""
         if self.request is not None:
             return f"{self.request.type} reply"
-        return self.headers.get(ce.H_TYPE) or (
-            type_from_subject(self.subject) if self.kind != OTHER else ""
-        )
+        found = self.headers.get(ce.H_TYPE)
+        if found:
+            return found
+        if self.kind == "partner":
+            return self.subject.removeprefix(PARTNERS_PREFIX)
+        return type_from_subject(self.subject) if self.kind != OTHER else ""
 
     @property
     def aggregate_id(self) -> str | None:
@@ -107,9 +122,12 @@ class Tapped:
 
     @property
     def correlation_id(self) -> str | None:
+        """``ce-correlationid``, else FastStream's ``correlation_id`` header (a partner
+        request carries the command's correlation id there); a reply has its request's."""
         if self.request is not None:
             return self.request.correlation_id
-        return self.headers.get(ce.H_CORRELATION)
+        headers = self.headers
+        return headers.get(ce.H_CORRELATION) or headers.get(CORRELATION_HEADER)
 
     @property
     def trace_id(self) -> str | None:

@@ -19,6 +19,7 @@ COLOURS = {
     "event": "\x1b[32m",  # green
     "query": "\x1b[34m",  # blue
     "saga": "\x1b[35m",  # magenta
+    "partner": "\x1b[96m",  # bright cyan: the command service's calls out
     "reply": "\x1b[2;32m",  # dim green
     "dlq": "\x1b[31m",  # red
     "other": "\x1b[33m",  # yellow
@@ -31,6 +32,7 @@ LABELS = {
     "event": "EVT",
     "query": "QRY",
     "saga": "SAGA",
+    "partner": "PTNR",
     "reply": "REP",
     "dlq": "DLQ",
     "other": "MSG",
@@ -48,7 +50,9 @@ def _scalar(value: Any) -> str:
 
 
 def summary(msg: Tapped, width: int = SUMMARY_WIDTH) -> str:
-    """The body in one short line: ``key=value`` pairs, or the raw text."""
+    """The body in one short line: ``key=value`` pairs, or the raw text. A reply in our
+    envelope reads ``ok …`` (its ``data``) or ``error …``; a partner's answer has no
+    envelope, and its pairs (``status=declined`` among them) are the answer."""
     body = msg.body
     if not msg.is_json:
         text = msg.raw_text().replace("\n", "\\n")

@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from broker.subjects import (
     ALL_COMMANDS,
     ALL_EVENTS,
+    ALL_PARTNERS,
     ALL_QUERIES,
     ALL_SAGAS,
     ALL_STORED,
@@ -33,9 +34,12 @@ from broker.subjects import (
 )
 from broker.tasks import cancel_and_wait
 from ordermesh.tap.filters import Filter
-from ordermesh.tap.message import REPLY, Request, Tapped, kind_of
+from ordermesh.tap.message import REPLY, REQUEST_KINDS, Request, Tapped, kind_of
 
-DEFAULT_SUBJECTS = (ALL_COMMANDS, ALL_EVENTS, ALL_QUERIES, ALL_SAGAS)
+#: What a tap with no subject watches: the requests (commands, queries, the command
+#: service's calls to the partners), whose replies it matches, and the stored events.
+#: Dead letters are not among them; ``ordermesh tap --since 1h 'dlq.>'`` reads them.
+DEFAULT_SUBJECTS = (ALL_COMMANDS, ALL_EVENTS, ALL_QUERIES, ALL_SAGAS, ALL_PARTNERS)
 REPLAY_SUBJECTS = (ALL_EVENTS, ALL_SAGAS)
 REPLY_SUBJECTS = "_INBOX.>"
 PENDING_MSGS = 2_000_000
@@ -184,7 +188,7 @@ class Tap:
             kind=kind_of(msg.subject),
             reply=msg.reply or None,
         )
-        if msg.reply and tapped.kind in ("command", "query"):
+        if msg.reply and tapped.kind in REQUEST_KINDS:
             self._requests[msg.reply] = Request(
                 msg.subject,
                 tapped.type,

@@ -2,7 +2,10 @@
 ``ordermesh up``.
 
 An order placed over plain NATS must show up on the page within 5 s (its ``order.placed``
-in EventStream, the dashboard's command counter, a flow edge's count); every view is
+in EventStream, the dashboard's command counter, a flow edge's count), and its payment's
+call to the partners (the child process ``ordermesh up`` starts) in EventStream and on the
+flow graph, answered, with the partners' node healthy and placed beside the event store
+in both layouts; every view is
 saved as a screenshot (``ORDERMESH_TEST_ARTIFACTS``, else the test's tmp dir); any console
 error or uncaught page error fails the test. Playwright never downloads a browser here: it
 drives the ``chromium`` found on ``PATH``.
@@ -188,6 +191,19 @@ EDGE_COUNTS_JS = """() => Object.fromEntries(
     [`${e.dataset.source}>${e.dataset.target}:${e.dataset.topic}`, Number(e.dataset.count)]))"""
 
 
+NODE_BOXES_JS = """() => Object.fromEntries(
+  [...document.querySelectorAll('[data-testid="flow-node"]')].map((n) => {
+    const m = n.transform.baseVal.consolidate().matrix;
+    return [n.dataset.id, { x: m.e, y: m.f }];
+  }))"""
+
+
+async def node_boxes(page: Page) -> dict[str, dict[str, float]]:
+    """Where each flow node is drawn, in the graph's own coordinates."""
+    boxes: dict[str, dict[str, float]] = await page.evaluate(NODE_BOXES_JS)
+    return boxes
+
+
 async def place_order(nats_url: str, order_id: str, product_id: str) -> None:
     nc = await connect(nats_url)
     try:
@@ -278,9 +294,27 @@ async def test_an_order_placed_over_nats_shows_up_in_every_view(tmp_path: Path) 
         await page.get_by_test_id("filter-type").blur()
         await page.screenshot(path=artifacts / "monitor-events.png", full_page=True)
 
+        # The saga's payment went through the gateway: the call, answered, in EventStream.
+        charge = page.locator(
+            '[data-testid="event-row"][data-topic="partners"][data-type="payment.charge"]'
+        )
+        await charge.first.wait_for(state="attached")
+        await charge.first.locator(".outcome.good").wait_for(state="attached")
+
         await show(page, "flow")
         await page.locator('[data-testid="flow-graph"][data-ready="true"]').wait_for()
         await page.locator('[data-testid="flow-node"]').first.wait_for()
+        partners = page.locator('[data-testid="flow-node"][data-id="partners"]')
+        await page.locator(
+            '[data-testid="flow-node"][data-id="partners"][data-healthy="true"]'
+        ).wait_for()
+        assert await partners.locator(".node-label").text_content() == "partners"
+        assert await partners.locator(".node-kind").text_content() == "gateway, carrier"
+        await page.wait_for_function(f"() => ({EDGE_COUNTS_JS})()['command>partners:partners'] > 0")
+        wide = await node_boxes(page)
+        assert wide["partners"]["x"] == wide["event-store"]["x"], wide  # one column
+        assert wide["partners"]["y"] > wide["event-store"]["y"], wide  # below the store
+        assert wide["partners"]["x"] > wide["command"]["x"], wide  # right of the command
         await page.screenshot(path=artifacts / "monitor-flow.png", full_page=True)
 
         await show(page, "sagas")
@@ -299,6 +333,12 @@ async def test_an_order_placed_over_nats_shows_up_in_every_view(tmp_path: Path) 
             await show(page, view)
             width = await page.evaluate("document.scrollingElement.scrollWidth")
             assert width <= 400, f"{view} overflows a 400 px window ({width} px)"
+            if view == "flow":  # drawn top to bottom: the store and the partners one row
+                await page.locator("#flow-svg.vertical").wait_for(state="attached")
+                tall = await node_boxes(page)
+                assert tall["partners"]["y"] == tall["event-store"]["y"], tall
+                assert tall["partners"]["x"] > tall["event-store"]["x"], tall
+                assert tall["partners"]["y"] > tall["command"]["y"], tall
             await page.screenshot(path=artifacts / f"monitor-{view}-narrow.png")
 
         assert problems.seen == [], problems.seen

@@ -67,6 +67,21 @@ def command(i: int, type_: str = "order.place") -> Tapped:
     )
 
 
+def partner_call(i: int, subject: str = "partners.payment.charge") -> Tapped:
+    """A request as the command service sends it to a partner: FastStream's headers, no
+    ``ce-*`` (``broker/partner_clients.py``)."""
+    return tapped(
+        subject,
+        {"payment_id": f"pay-o-{i}", "order_id": f"o-{i}", "amount": "5.00", "method": "card"},
+        headers={
+            "correlation_id": f"k-{i}",
+            "content-type": "application/json",
+            "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+        },
+        reply=f"_INBOX.command.{i}",
+    )
+
+
 def reply_to(request: Tapped, body: dict[str, Any], *, latency_ms: float = 12.5) -> Tapped:
     assert request.reply is not None
     asked = Request(request.subject, request.type, request.correlation_id, None, 0.0)
@@ -221,6 +236,85 @@ def test_a_reply_after_its_request_left_the_ring_still_counts() -> None:
     assert next(s for s in buffer.topic_stats() if s.topic == "commands").errors == 1
 
 
+# -- the partners ----------------------------------------------------------------------------
+
+
+def test_a_partner_call_is_a_request_of_its_own_topic() -> None:
+    buffer = MessageBuffer()
+    before = sample("ordermesh_monitor_messages_total", topic="partners")
+    call = partner_call(1)
+    buffer.take(call)
+    (msg,) = buffer.messages("partners")
+    assert (msg.topic, msg.subject, msg.type) == (
+        "partners",
+        "partners.payment.charge",
+        "payment.charge",
+    )
+    # FastStream's correlation header, the W3C trace, the order from the body.
+    assert (msg.correlation_id, msg.trace_id, msg.aggregate_id) == ("k-1", TRACE_ID, "o-1")
+    assert msg.source is None and msg.ok is None and len(msg.id) == 32
+    assert sample("ordermesh_monitor_messages_total", topic="partners") == before + 1
+    assert buffer.type_stats("partners")[0].type == "payment.charge"
+
+    answer = {"payment_id": "pay-o-1", "status": "approved", "charge_id": "ch-pay-o-1"}
+    buffer.take(reply_to(call, answer | {"reason": None}, latency_ms=4.5))
+    (answered,) = buffer.messages("partners")
+    assert (answered.latency_ms, answered.ok) == (4.5, True)
+    assert answered.correlation_id == "k-1"
+
+
+def test_a_partner_saying_no_is_an_answer_and_an_unreadable_request_an_error() -> None:
+    buffer = MessageBuffer()
+    declined, refused, unavailable, garbled = (
+        partner_call(1),
+        partner_call(2, "partners.shipping.book"),
+        partner_call(3),
+        partner_call(4, "partners.payment.refund"),
+    )
+    for call in (declined, refused, unavailable, garbled):
+        buffer.take(call)
+    buffer.take(reply_to(declined, {"payment_id": "pay-o-1", "status": "declined"}))
+    buffer.take(reply_to(refused, {"shipment_id": "shp-o-2", "status": "refused"}))
+    buffer.take(reply_to(unavailable, {"payment_id": "pay-o-3", "status": "unavailable"}))
+    buffer.take(reply_to(garbled, {"ok": False, "error": {"code": "malformed_json"}}))
+
+    assert [m.ok for m in buffer.messages("partners")] == [True, True, True, False]
+    partners = next(s for s in buffer.topic_stats() if s.topic == "partners")
+    assert partners.count == 4 and partners.errors == 1
+    by_type = {s.type: s for s in buffer.type_stats("partners")}
+    assert by_type["payment.refund"].errors == 1 and by_type["payment.charge"].errors == 0
+    assert by_type["shipping.book"].count == 1
+    # A partner's types are its own: the command of the same name is another entry.
+    buffer.take(command(9, "payment.refund"))
+    assert {(s.topic, s.type) for s in buffer.type_stats()} >= {
+        ("commands", "payment.refund"),
+        ("partners", "payment.refund"),
+    }
+
+
+def test_no_responders_to_a_partner_call_is_a_failure() -> None:
+    buffer = MessageBuffer()
+    call = partner_call(1)
+    buffer.take(call)
+    status = reply_to(call, {})
+    status.data = b""
+    status.headers = {"Status": "503"}
+    buffer.take(status)
+    assert buffer.messages()[0].ok is False
+    assert next(s for s in buffer.topic_stats() if s.topic == "partners").errors == 1
+
+
+def test_partner_calls_awaiting_a_reply_are_bounded() -> None:
+    buffer = MessageBuffer(max_awaiting=2)
+    calls = [partner_call(i) for i in range(3)]
+    for call in calls:
+        buffer.take(call)
+    buffer.take(reply_to(calls[0], {"payment_id": "pay-o-0", "status": "approved"}))
+    buffer.take(reply_to(calls[2], {"payment_id": "pay-o-2", "status": "approved"}))
+    # The oldest was forgotten: its reply finds nothing to fill in.
+    assert [m.ok for m in buffer.messages("partners")] == [None, None, True]
+
+
 def test_no_responders_is_a_failed_reply() -> None:
     buffer = MessageBuffer()
     request = command(1)
@@ -326,10 +420,12 @@ def test_huge_headers_are_bounded() -> None:
         "_INBOX.abc.def",
         "orders.placed",
         "commands",
+        "partners",
+        "partner.payment.charge",
         "$JS.API.STREAM.INFO.EVENTS",
     ],
 )
-def test_only_the_five_topics_are_monitored(subject: str) -> None:
+def test_only_the_topics_are_monitored(subject: str) -> None:
     assert monitored(tapped(subject)) is None
     buffer = MessageBuffer()
     buffer.take(tapped(subject))

@@ -85,6 +85,8 @@ def test_edges_carry_the_traffic_of_the_messages_that_travel_them() -> None:
         stat("events", "inventory.reserved", 3),
         stat("sagas", "order_fulfillment.started", 2),
         stat("dlq", "events.foreign.thing", 1),
+        stat("partners", "payment.charge", 2, rate=1.5),
+        stat("partners", "shipping.book", 1),
     ]
     _nodes, edges = build_graph(stats, [])
     assert [(e.source, e.target, e.topic) for e in edges] == list(EDGES)  # all, in order
@@ -102,6 +104,8 @@ def test_edges_carry_the_traffic_of_the_messages_that_travel_them() -> None:
     assert got[("EVENTS", "projections", "sagas")] == (2, 2.0)
     assert got[("EVENTS", "saga", "events")] == (7, 7.0)
     assert got[("projections", "DLQ", "dlq")] == (1, 1.0)
+    # The command service's calls to the partners: one edge for both partners.
+    assert got[("command", "partners", "partners")] == (3, 2.5)
 
 
 def test_an_idle_system_has_every_edge_at_zero() -> None:
@@ -125,7 +129,8 @@ def test_node_health_follows_healthy_instances() -> None:
         "relay": True,
         "projections": False,
         "saga": False,
-        "api": True,  # a service seen beyond the five gets a node
+        "partners": False,  # drawn, like every service, before its first heartbeat
+        "api": True,  # a service seen beyond those gets a node
         "event-store": True,  # the command service, which needs it, is healthy
         "EVENTS": True,
         "DLQ": True,
@@ -138,15 +143,38 @@ def test_node_health_follows_healthy_instances() -> None:
     assert {n.id for n in nodes if n.healthy} == {"client"}
 
 
+def test_the_partners_are_one_node_healthy_while_their_process_is() -> None:
+    """``ordermesh run partners`` says ``services: ["partners"]`` in its heartbeat."""
+    running = [instance(("command",), healthy=True), instance(("partners",), healthy=True)]
+    nodes, _edges = build_graph([], running)
+    (partners,) = [n for n in nodes if n.id == "partners"]
+    assert partners.healthy and partners.kind == "service"
+    assert partners.label == "partners (gateway, carrier)"
+    assert [n.id for n in nodes].count("partners") == 1
+
+    stopped = [instance(("command",), healthy=True), instance(("partners",), healthy=False)]
+    nodes, _edges = build_graph([], stopped)
+    assert not next(n for n in nodes if n.id == "partners").healthy
+
+
 def test_the_graph_of_a_topology_reads_its_buffer() -> None:
     buffer = MessageBuffer()
-    for subject in ("commands.order.place", "commands.inventory.reserve", "events.order.placed"):
+    subjects = (
+        "commands.order.place",
+        "commands.inventory.reserve",
+        "events.order.placed",
+        "partners.payment.charge",
+        "partners.shipping.book",
+    )
+    for subject in subjects:
         buffer.take(Tapped(subject, b"{}", kind=kind_of(subject)))
     _nodes, edges = Topology(buffer).graph()
     got = edges_by_key(edges)
     assert got[("client", "command", "commands")][0] == 1
     assert got[("saga", "command", "commands")][0] == 1
     assert got[("relay", "EVENTS", "events")][0] == 1
+    assert got[("command", "partners", "partners")][0] == 2
+    assert got[("command", "event-store", "commands")][0] == 2  # the calls are not commands
 
 
 # -- instances -----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ const TOPOLOGY_QUERY = `query Topology { systemTopology {
   nodes { id label kind healthy }
   edges { source target topic count ratePerMinute } } }`;
 const SAGA_FIELDS = `sagaId status currentStep error steps { step status attempts error } compensations`;
+// Topics whose messages are requests: the server fills in their reply's latency and ok.
+const REQUEST_TOPICS = ["commands", "queries", "partners"];
 
 const state = {
   view: "dashboard",
@@ -443,7 +445,7 @@ function awaitingReply() {
   let n = 0;
   for (let i = stream.all.length - 1; i >= 0 && i >= stream.all.length - 300; i -= 1) {
     const m = stream.all[i];
-    if ((m.topic === "commands" || m.topic === "queries") && m.latencyMs == null && m.ok == null) n += 1;
+    if (REQUEST_TOPICS.includes(m.topic) && m.latencyMs == null && m.ok == null) n += 1;
   }
   return n;
 }
@@ -452,10 +454,9 @@ function awaitingReply() {
  * buffer later. Fetch just those fields for the requests still pending here. */
 async function refreshReplies() {
   if (!awaitingReply()) return;
-  const data = await query(`query Replies {
-    commands: pubsubMessages(topic: "commands", limit: 300) { id latencyMs ok }
-    queries: pubsubMessages(topic: "queries", limit: 300) { id latencyMs ok } }`);
-  for (const r of [...data.commands, ...data.queries]) {
+  const fields = REQUEST_TOPICS.map((t) => `${t}: pubsubMessages(topic: "${t}", limit: 300) { id latencyMs ok }`);
+  const data = await query(`query Replies { ${fields.join(" ")} }`);
+  for (const r of REQUEST_TOPICS.flatMap((t) => data[t])) {
     const entry = stream.byId.get(r.id);
     if (!entry || (r.latencyMs == null && r.ok == null)) continue;
     const m = entry.message;
@@ -491,7 +492,7 @@ function showDetails(m) {
       ? `${m.ok === false ? "error" : "ok"} in ${fmtMs(m.latencyMs)}`
       : m.ok === false
         ? "failed"
-        : m.topic === "commands" || m.topic === "queries"
+        : REQUEST_TOPICS.includes(m.topic)
           ? "no reply seen yet"
           : "–";
   const headers = Object.entries(m.headers || {});
@@ -840,7 +841,7 @@ client.subscribe(`subscription Messages { pubsubStream { ${MESSAGE_FIELDS} } }`,
     if (!m) return;
     onMessage(m);
     if (m.topic === "sagas") sagaActivity();
-    if ((m.topic === "commands" || m.topic === "queries") && state.view === "events") replyCatchUp();
+    if (REQUEST_TOPICS.includes(m.topic) && state.view === "events") replyCatchUp();
   },
   error: (exc) => notice("pubsubStream", exc),
 });

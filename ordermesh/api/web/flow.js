@@ -1,6 +1,7 @@
 // FlowVisualization: the systemTopology graph in fixed columns, left to right as messages
-// flow (client → command/query → event store → relay → EVENTS/DLQ → projections/saga).
-// Edges carry their rate as a label and a dotted pulse whose speed follows the rate.
+// flow (client → command/query → event store and partners → relay → EVENTS/DLQ →
+// projections/saga). Edges carry their rate as a label and a dotted pulse whose speed
+// follows the rate.
 
 import { fmtInt, fmtRate, s } from "./util.js";
 
@@ -17,12 +18,16 @@ const LOOP = 72; // room for edges that loop back (over the top, or down the rig
 /** Below this width (CSS pixels) of its container the graph is drawn top to bottom. */
 export const VERTICAL_BELOW = 640;
 
-const TOPICS = ["commands", "events", "queries", "sagas", "dlq"];
+const TOPICS = ["commands", "events", "queries", "sagas", "dlq", "partners"];
 
-/** The column a node belongs to; fixed so the picture stays put as traffic comes and goes. */
+/** The column a node belongs to; fixed so the picture stays put as traffic comes and goes.
+ * The partners share the event store's column, below it: the command service's two
+ * destinations side by side, one step right of it (drawn vertically: one row down, the
+ * store on the left), and nothing flows on from them, so no edge crosses another. */
 export function columnOf(node) {
   const key = `${node.id} ${node.label}`.toLowerCase();
   if (node.kind === "client" || /\bclient\b/.test(key)) return 0;
+  if (/partner|gateway|carrier/.test(key)) return 2;
   if (node.kind === "store" || /store|eventstore|kurrent|sqlite/.test(key)) return 2;
   if (/relay/.test(key)) return 3;
   if (node.kind === "stream" || /\bevents\b|\bdlq\b/.test(key)) return 4;
@@ -31,10 +36,12 @@ export function columnOf(node) {
   return node.kind === "service" ? 5 : 4;
 }
 
-/** Order within a column: the usual suspects first, others by label. */
+/** Order within a column: the usual suspects first, others by label. The event store
+ * comes before the partners, so the back edge from the saga (over the top) reaches it
+ * without passing the partners. */
 function rankOf(node) {
   const key = `${node.id} ${node.label}`.toLowerCase();
-  const order = ["api", "command", "query", "events", "dlq", "saga", "projection"];
+  const order = ["api", "command", "query", "events", "dlq", "saga", "projection", "store", "partner"];
   const i = order.findIndex((word) => key.includes(word));
   return i === -1 ? order.length : i;
 }
@@ -59,6 +66,14 @@ function shortRate(r) {
 
 function topicClass(topic) {
   return TOPICS.includes(topic) ? topic : "other";
+}
+
+/** A node's two lines: its label, and its kind; a label with a part in brackets
+ * ("partners (gateway, carrier)") puts that part on the second line instead, where it
+ * fits the box rather than being cut off. */
+export function nodeLines(node) {
+  const m = /^(.+?)\s*\((.+)\)$/.exec(node.label);
+  return m ? [m[1], m[2]] : [node.label, node.kind];
 }
 
 export class FlowGraph {
@@ -274,8 +289,8 @@ export class FlowGraph {
         s("title"),
         s("rect", { class: "node-box", width: NODE_W, height: NODE_H, rx: 10 }),
         s("circle", { class: "node-health", cx: 14, cy: NODE_H / 2, r: 5 }),
-        s("text", { class: "node-label", x: 26, y: 20 }, truncate(n.label, 16)),
-        s("text", { class: "node-kind", x: 26, y: 35 }, n.kind),
+        s("text", { class: "node-label", x: 26, y: 20 }, truncate(nodeLines(n)[0], 16)),
+        s("text", { class: "node-kind", x: 26, y: 35 }, truncate(nodeLines(n)[1], 22)),
       );
       nodeLayer.append(g);
       this.nodes.set(n.id, g);
