@@ -1,0 +1,1 @@
+"""Extensions built on :mod:`ordermesh.kit`, runnable as they are (docs/extending.md)."""
