@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up stack test fuzz bench bench-instructions lint typecheck format clean tools chaos
+.PHONY: up stack test fuzz bench bench-instructions lint typecheck format clean tools chaos node-tools
 
 # Debian's prometheus gives promtool (checks /metrics, the rules and their unit tests)
 # and a real Prometheus server (the dashboards and alerts proven on live data);
@@ -20,6 +20,20 @@ tools:
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+# The official AsyncAPI parser (@asyncapi/parser) that checks every published AsyncAPI
+# document (tests/stack/test_asyncapi_valid.py), installed exactly as
+# tools/asyncapi/package-lock.json says, and again only when that changes. Install scripts
+# are not run: nothing there needs building, and the one there only sends usage
+# analytics. A failed install leaves no node_modules behind to look up to date.
+NODE_TOOLS := tools/asyncapi
+node-tools: $(NODE_TOOLS)/node_modules
+$(NODE_TOOLS)/node_modules: $(NODE_TOOLS)/package-lock.json $(NODE_TOOLS)/package.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --ignore-scripts \
+		|| { rm -rf $@; exit 1; }
+	touch $@
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +57,7 @@ stack:
 	@echo "  NATS            nats://127.0.0.1:4222"
 	@echo "  KurrentDB       http://127.0.0.1:2113"
 
-test: $(STAMP) tools
+test: $(STAMP) tools node-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -31,7 +31,7 @@ from broker.subjects import (
 )
 from domain import errors
 from domain.catalog import EVENTS
-from handlers import COMMAND_HANDLERS, ConcurrencyConflict
+from handlers import COMMAND_MODELS, ConcurrencyConflict
 from handlers.executor import IdempotencyConflict
 from projections.queries import QUERY_HANDLERS
 
@@ -113,7 +113,7 @@ _FAMILIES = (
     _Family(
         name="command",
         subject=command_subject,
-        models={type_: model for type_, (model, _) in COMMAND_HANDLERS.items()},
+        models=dict(COMMAND_MODELS),
         mode="validation",
         action="receive",
         headers="RequestHeaders",

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from broker.asyncapi import asyncapi_json
 from infra.eventstore import open_event_store
 from ordermesh import runtime
 from ordermesh.cli.app import app, console, projections_app
@@ -26,10 +25,14 @@ def asyncapi(
     ] = None,
 ) -> None:
     """Print the AsyncAPI 3.0.0 document of every subject, generated from the code so
-    that it always matches what the services accept and send.
+    that it always matches what the services accept and send: ordermesh's own subjects
+    and the partners', as FastStream describes them, merged into one contract.
 
     [b]Example[/b]: ordermesh asyncapi --output docs/asyncapi.json
     """
+    # Imported here: the partners' FastStream brokers are not needed by any other command.
+    from ordermesh.asyncapi import asyncapi_json
+
     text = asyncapi_json()
     if output is None:
         sys.stdout.write(text)
