@@ -19,7 +19,25 @@ BODY = b"x" * 200
 DRAIN_TIMEOUT = 10.0
 
 
-async def request_reply(url: str, *, concurrency: int, duration: float) -> Result:
+async def drive_requests(
+    client: NATS, subject: str, body: bytes, *, concurrency: int, duration: float
+) -> tuple[int, float]:
+    """The request driver of every echo case: nats-py ``request`` with ``concurrency`` in
+    flight, a short warm-up, then ``duration`` measured. Sharing it means two echo cases
+    differ only in who answers. Returns (requests answered, elapsed seconds)."""
+
+    async def op(_: int) -> None:
+        await client.request(subject, body, timeout=5)
+
+    await closed_loop(op, concurrency=concurrency, duration=min(duration, 0.3))  # warm-up
+    return await closed_loop(op, concurrency=concurrency, duration=duration)
+
+
+async def request_reply(
+    url: str, *, concurrency: int, duration: float, body: bytes = BODY
+) -> Result:
+    """nats-py's own responder echoing ``body`` (its content does not matter to it, its
+    size does: callers comparing with a JSON service pass that service's body)."""
     responder = await connect(url)
     client = await connect(url)
     try:
@@ -30,13 +48,10 @@ async def request_reply(url: str, *, concurrency: int, duration: float) -> Resul
         await responder.subscribe("bench.raw.echo", cb=echo)
         await responder.flush()
         # Measuring should not start, or fail, on a first "no responders".
-        await request_served(client, "bench.raw.echo", BODY, timeout=5, attempts=50)
-
-        async def op(_: int) -> None:
-            await client.request("bench.raw.echo", BODY, timeout=5)
-
-        await closed_loop(op, concurrency=concurrency, duration=min(duration, 0.3))  # warm-up
-        done, elapsed = await closed_loop(op, concurrency=concurrency, duration=duration)
+        await request_served(client, "bench.raw.echo", body, timeout=5, attempts=50)
+        done, elapsed = await drive_requests(
+            client, "bench.raw.echo", body, concurrency=concurrency, duration=duration
+        )
     finally:
         await client.close()
         await responder.close()

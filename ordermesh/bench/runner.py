@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import sys
@@ -20,8 +21,9 @@ from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer, nats_server_binary
 from ordermesh import __version__, runtime
 from ordermesh.app import SERVICES, App
-from ordermesh.bench import raw, system
+from ordermesh.bench import faststream_echo, raw, system
 from ordermesh.bench.measure import Result
+from ordermesh.child import PartnersProcess
 from ordermesh.config import Settings
 
 #: Commands spread over this many products, so 64 in flight do not all queue on one stream.
@@ -157,9 +159,21 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             finally:
                 await client.close()
                 await app.stop()
+            # FastStream's request/reply beside raw nats-py and restock, in alternated
+            # rounds, on a command service of its own (as fresh as the one above):
+            # why the command and query services stay on nats-py.
+            fast = await faststream_echo.run_case(
+                server.url,
+                root / "faststream",
+                products=PRODUCTS,
+                duration=plan.pair_duration,
+                rounds=plan.rounds,
+            )
+            done(fast)
+            progress.print(f"    {faststream_echo.summary(fast)}")
             # The read side, as `ordermesh up` runs it but without the saga, whose own
             # traffic (several commands and events per order) is measured next.
-            core = tuple(s for s in SERVICES if s not in ("saga", "api"))
+            core = tuple(s for s in SERVICES if s not in ("saga", "api", "partners"))
             app = App(Settings(nats_url=server.url, data_dir=root / "data", metrics_port=0), core)
             await app.start()
             runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
@@ -195,19 +209,27 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
             # every order.placed the earlier cases left there.
             saga_server = EmbeddedNatsServer(root / "nats-saga")
             await saga_server.start()
-            app = App(
-                Settings(nats_url=saga_server.url, data_dir=root / "saga", metrics_port=0),
-                tuple(s for s in SERVICES if s != "api"),
+            saga_settings = Settings(
+                nats_url=saga_server.url, data_dir=root / "saga", metrics_port=0
             )
-            await app.start()
+            # The partners in a process of their own, as `ordermesh up` runs them: their
+            # CPU per order is read off that process.
+            app = App(saga_settings, tuple(s for s in SERVICES if s not in ("api", "partners")))
+            partners = PartnersProcess(saga_server.url, saga_settings)
+            await asyncio.gather(app.start(), partners.start())
             runtime.tune_gc()  # as `ordermesh up` and `ordermesh run` do once started
             client = await connect(saga_server.url)
             try:
                 products = await system.seed_products(client, PRODUCTS)
-                done(await system.saga_rate(client, app, products, orders=plan.saga_orders))
+                done(
+                    await system.saga_rate(
+                        client, app, products, orders=plan.saga_orders, partners=partners
+                    )
+                )
             finally:
                 await client.close()
                 await app.stop()
+                await partners.stop()
                 await saga_server.stop()
         finally:
             await server.stop()
@@ -281,6 +303,7 @@ async def bench(quick: bool) -> dict[str, Any]:
     doc = report(results, plan, quick)
     doc["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     console.print(table(results))
+    faststream_echo.print_summaries(results, console)
     for name, why in PENDING.items():
         console.print(f"[dim]{name}: {why}[/]")
     return doc

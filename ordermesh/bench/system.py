@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from ordermesh.bench.measure import (
     middle,
     middle_result,
 )
+from ordermesh.child import PartnersProcess
 from ordermesh.tap.message import Tapped
 from ordermesh.tap.render import json_line
 from ordermesh.tap.session import Tap, TapOptions
@@ -543,14 +545,55 @@ async def monitor_cost(
     )
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds a process has used (Linux ``/proc``; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name: field 3 on
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def partner_totals(metrics_url: str) -> tuple[float, float]:
+    """Requests the partners took and the seconds their handlers ran, from FastStream's
+    own series on the partners process's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    requests = seconds = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "faststream_received_messages_total":
+                requests += sample.value
+            elif sample.name == "faststream_received_processed_messages_duration_seconds_sum":
+                seconds += sample.value
+    return requests, seconds
+
+
 async def saga_rate(
-    nc: NATS, app: App, products: list[str], *, orders: int, concurrency: int = 64
+    nc: NATS,
+    app: App,
+    products: list[str],
+    *,
+    orders: int,
+    concurrency: int = 64,
+    partners: PartnersProcess | None = None,
 ) -> Result:
-    """Orders/s from ``order.place`` to a completed saga (the order confirmed), end to end."""
+    """Orders/s from ``order.place`` to a completed saga (the order confirmed), end to end.
+
+    With ``partners`` (the payment gateway and the carrier in a process of their own, as
+    ``ordermesh up`` runs them) it also reports what they cost per order: their process's
+    CPU time, their requests, and the time their handlers ran."""
     assert app.sagas is not None
     sagas = app.sagas
     run = uuid.uuid4().hex[:6]
     before = sagas.finished
+    pid = partners.pid if partners is not None else None
+    metrics_url = partners.ready_url.removesuffix("readyz") + "metrics" if partners else None
+    cpu_before = cpu_seconds(pid) if pid is not None else None
+    totals_before = await asyncio.to_thread(partner_totals, metrics_url) if metrics_url else None
     start = time.perf_counter()
     placed, _ = await closed_loop(
         lambda i: call(
@@ -565,6 +608,15 @@ async def saga_rate(
             await sagas.wait_finished(before + placed)
     elapsed = time.perf_counter() - start
     finished = sagas.finished - before
+    extra: dict[str, Any] = {"placed": placed, "finished": finished}
+    if pid is not None and cpu_before is not None and finished:
+        cpu_after = cpu_seconds(pid)
+        if cpu_after is not None:
+            extra["partner_cpu_ms_per_order"] = 1000 * (cpu_after - cpu_before) / finished
+    if metrics_url and totals_before is not None and finished:
+        requests, seconds = await asyncio.to_thread(partner_totals, metrics_url)
+        extra["partner_requests_per_order"] = (requests - totals_before[0]) / finished
+        extra["partner_handler_ms_per_order"] = 1000 * (seconds - totals_before[1]) / finished
     return Result(
         f"saga.confirmed_per_second.c{concurrency}",
         "saga",
@@ -574,7 +626,7 @@ async def saga_rate(
         ops=finished,
         seconds=elapsed,
         baseline=f"command.order.place.c{concurrency}",
-        extra={"placed": placed, "finished": finished},
+        extra=extra,
     )
 
 

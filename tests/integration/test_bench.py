@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ EXPECTED = {
     "tracing.on.product.restock.c64": "tracing.off.product.restock.c64",
     "monitor.off.product.restock.c64": None,
     "monitor.on.product.restock.c64": "monitor.off.product.restock.c64",
+    "faststream.echo.c64": "raw.request_reply.c64",
     "saga.confirmed_per_second.c64": "command.order.place.c64",
     "read_model.latency_at_200": None,
     "read_model.max_rate_p99_under_100ms": None,
@@ -40,6 +42,7 @@ PAIRED = {
     "command.order.place.c64",
     "tracing.on.product.restock.c64",
     "monitor.on.product.restock.c64",
+    "faststream.echo.c64",
     "relay.store_to_jetstream",
 }
 
@@ -73,11 +76,16 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
             pairs = sorted(case["pair_ratios"])
             assert case["ratio"] == pytest.approx(pairs[len(pairs) // 2], rel=1e-2, abs=1e-3)
             assert len(pairs) == len(case["rounds"])
-            if name.startswith(("command.", "relay.")):
+            if name.startswith(("command.", "relay.", "faststream.")):
                 assert len(case["raw_rounds"]) == len(pairs)
         elif baseline is not None:
             expected_ratio = case["value"] / cases[baseline]["value"]
             assert case["ratio"] == pytest.approx(expected_ratio, rel=1e-2, abs=1e-3)
+    saga = cases["saga.confirmed_per_second.c64"]
+    # The partners ran in a process of their own: their cost per order is read off it. A
+    # confirmed order asks them twice (a charge and a booking) and never less.
+    assert saga["partner_requests_per_order"] >= 2
+    assert saga["partner_cpu_ms_per_order"] > 0 and saga["partner_handler_ms_per_order"] > 0
     latency = cases["read_model.latency_at_200"]
     assert latency["applied"] == latency["sent"] > 0
     assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
@@ -86,3 +94,40 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
     saga = cases["saga.confirmed_per_second.c64"]
     assert saga["finished"] == saga["placed"] > 0
     assert "command.product.restock.c64" in stdout.decode()
+    assert_faststream_ratios(cases["faststream.echo.c64"])
+    assert "faststream/restock" in stdout.decode()
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def assert_faststream_ratios(case: dict[str, Any]) -> None:
+    """FastStream echo, raw echo and restock were measured in the same rounds: each of the
+    three ratios is the median of its rounds', and within a round they agree."""
+    rounds = len(case["rounds"])
+    assert case["max_workers"] == 1
+    assert len(case["restock_rounds"]) == rounds
+    assert all(v > 0 for v in case["restock_rounds"] + case["raw_rounds"])
+    fast_raw = case["pair_ratios"]
+    restock_raw = case["restock_pair_ratios"]
+    fast_restock = case["faststream_over_restock_pair_ratios"]
+    assert len(restock_raw) == len(fast_restock) == rounds
+    for fr, rr, fs, fast, bare, restock in zip(
+        fast_raw,
+        restock_raw,
+        fast_restock,
+        case["rounds"],
+        case["raw_rounds"],
+        case["restock_rounds"],
+        strict=True,
+    ):
+        assert rr == pytest.approx(restock / bare, rel=1e-2)
+        assert fs == pytest.approx(fast / restock, rel=1e-2)
+        assert fs == pytest.approx(fr / rr, rel=2e-2)  # FastStream/restock = (F/raw)/(R/raw)
+    assert case["restock_ratio"] == pytest.approx(median(restock_raw), rel=1e-2, abs=1e-3)
+    assert case["faststream_over_restock"] == pytest.approx(median(fast_restock), rel=1e-2)
+    if rounds == 1:  # one round: the medians are the round's, and multiply exactly
+        assert case["faststream_over_restock"] == pytest.approx(
+            case["ratio"] / case["restock_ratio"], rel=2e-2
+        )
