@@ -72,7 +72,8 @@ class RestrictedArea(DomainError):
 
 
 class PaymentUnavailable(DomainError):
-    """The payment provider failed this time; the same request may succeed later."""
+    """The payment gateway failed this time, or could not be reached; the same request
+    may succeed later."""
 
     code = "payment_unavailable"
 
