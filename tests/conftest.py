@@ -143,8 +143,7 @@ async def saga_app(nats_server: EmbeddedNatsServer, tmp_path: Path) -> AsyncIter
         await asyncio.gather(application.start(), partners.start())
         yield application
     finally:
-        await application.stop()
-        await partners.stop()
+        await asyncio.gather(application.stop(), partners.stop())
 
 
 @pytest.fixture
