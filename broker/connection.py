@@ -16,6 +16,7 @@ open a connection that reports a wrong password or an untrusted certificate at o
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -37,19 +38,40 @@ async def report(exc: Exception) -> None:
         logger.warning("nats: {}", exc)
 
 
+#: Where a comma starts another server: a URL with a scheme, or a bare ``host[:port]``.
+_NEXT_SERVER = re.compile(r"^\s*([a-z][a-z0-9+.-]*://|[A-Za-z0-9.\-]+(:\d+)?\s*$)")
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of ``url``: one URL, or several separated by commas as every NATS
+    client and the ``nats`` CLI take them (``nats://a:4222,nats://b:4222``, or
+    ``nats://a:4222,b:4222``). A comma inside a password (``nats://u:p,w@host``) does not
+    start a server: only a piece that is itself a URL or a bare ``host[:port]`` does."""
+    servers: list[str] = []
+    for piece in url.strip().strip(",").split(","):
+        if servers and not _NEXT_SERVER.match(piece):
+            servers[-1] += "," + piece
+        else:
+            servers.append(piece)
+    return [server.strip() for server in servers]
+
+
 async def connect(url: str, **options: Any) -> NATS:
     options.setdefault("error_cb", report)
-    nc = await nats.connect(url, **options)
+    nc = await nats.connect(server_list(url), **options)
     await nc.flush()
     return nc
 
 
 def redact_url(url: str) -> str:
     """``url`` without the password or token it may carry (``nats://user:***@host:4222``),
-    for anything written to a log, a span or a terminal.
+    for anything written to a log, a span or a terminal; each server of a list so.
 
     Everything before the last ``@`` after the scheme is the user information, however
     odd its characters: a password holding ``/`` or ``,`` is hidden all the same."""
+    servers = server_list(url)
+    if len(servers) > 1:
+        return ",".join(redact_url(server) for server in servers)
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url

@@ -19,6 +19,7 @@ from faststream.nats import NatsBroker, NatsSecurity, NatsUserPassword
 from faststream.types import SendableMessage
 from pydantic import ValidationError
 
+from broker.connection import server_list
 from broker.subjects import (
     PAYMENT_CHARGE,
     PAYMENT_GATEWAY,
@@ -108,7 +109,7 @@ def _broker(
     name: str, servers: str, middlewares: Sequence[Any], options: dict[str, Any]
 ) -> NatsBroker:
     return NatsBroker(
-        servers.split(","),
+        server_list(servers),
         name=name,
         # FastStream logs every message at the level given: DEBUG keeps that out of an
         # INFO log (and its cost off each request); its errors still reach the log.

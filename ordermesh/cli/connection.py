@@ -29,7 +29,7 @@ NatsUrl = Annotated[
         "-s",
         "--server",
         envvar="ORDERMESH_NATS_URL",
-        help=f"NATS server URL (default {DEFAULT_URL})",
+        help=f"NATS server URL, or several separated by commas (default {DEFAULT_URL})",
         show_default=False,
     ),
 ]

@@ -31,6 +31,7 @@ from faststream.types import BrokerMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from broker.connection import server_list
 from ordermesh.kit.tracing import tracer_provider as tracer_provider_for
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -74,8 +75,10 @@ def make_broker(
     if metrics_registry is not None:
         stack.append(NatsPrometheusMiddleware(registry=metrics_registry, app_name=service))
     stack.extend(middlewares)
+    given = servers or nats_url()
     broker = NatsBroker(
-        servers or nats_url(),
+        # "nats://a:4222,nats://b:4222", as ORDERMESH_NATS_URL may say: a list for nats-py.
+        server_list(given) if isinstance(given, str) else list(given),
         name=service,
         logger=logging.getLogger(f"ordermesh.kit.{service}"),
         log_level=log_level,
