@@ -116,6 +116,22 @@ def to_recorded_event(event: KdbRecordedEvent) -> RecordedEvent:
     )
 
 
+def client_uri(uri: str) -> str:
+    """The URI as ``kurrentdbclient`` takes it. ``kurrentdb+discover://a,b,c`` names a
+    cluster by its nodes, as other EventStoreDB clients take it, but kurrentdbclient
+    accepts ``+discover`` with one host only (a DNS name for the cluster) and reads several
+    hosts without it as gossip seeds, from which it discovers the cluster all the same:
+    so the several-host form drops ``+discover``. Anything else is passed as it is."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme.endswith("+discover"):
+        return uri
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    hosts = authority.rpartition("@")[2]
+    if "," not in hosts:
+        return uri
+    return f"{scheme.removesuffix('+discover')}://{rest}"
+
+
 class KurrentDBEventStore:
     """The server adapter; create it with :meth:`connect`, which owns the client."""
 
@@ -132,14 +148,15 @@ class KurrentDBEventStore:
     async def connect(
         cls, uri: str, *, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     ) -> KurrentDBEventStore:
-        """Connect to ``esdb://``/``kurrentdb://`` (``+discover`` too).
+        """Connect to ``esdb://``/``kurrentdb://`` (``+discover`` too, with one host or a
+        cluster's several: :func:`client_uri`).
 
         With a single non-discover target this does no I/O (gRPC connects lazily), so an
         absent server shows up on the first operation; cluster discovery fails here. A
         malformed URI raises ``ValueError`` unchanged: it is a configuration bug, not an
         outage.
         """
-        client = AsyncKurrentDBClient(uri)
+        client = AsyncKurrentDBClient(client_uri(uri))
         try:
             await client.connect()
         except KurrentDBClientError as exc:

@@ -21,11 +21,13 @@ import pytest
 from kurrentdbclient import AsyncKurrentDBClient
 from kurrentdbclient import RecordedEvent as KdbRecordedEvent
 from kurrentdbclient import StreamState as KdbStreamState
+from kurrentdbclient.connection_spec import ConnectionSpec
 from kurrentdbclient.exceptions import ConsumerTooSlowError, InvalidCommitPositionError
 
 from domain.event_store import EventStoreUnavailable, NewEvent, StreamState
 from infra.eventstore.kurrentdb import (
     KurrentDBEventStore,
+    client_uri,
     is_system_event,
     to_current_version,
     to_recorded_event,
@@ -288,3 +290,37 @@ async def test_subscription_resumes_after_the_server_drops_a_slow_consumer() -> 
     assert seen == [100, 300, 500, 600]
     assert client.starts == [None, 100]  # resumed after the last event it yielded
     assert all(source.stopped for source in client.sources)
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        # A cluster named by its nodes: gossip seeds for kurrentdbclient.
+        (
+            "kurrentdb+discover://a:2113,b:2113,c:2113?tls=false",
+            "kurrentdb://a:2113,b:2113,c:2113?tls=false",
+        ),
+        ("esdb+discover://admin:changeit@a,b,c", "esdb://admin:changeit@a,b,c"),
+        # One host (a cluster's DNS name), or no +discover: as they are.
+        (
+            "esdb+discover://cluster.local:2113?tls=false",
+            "esdb+discover://cluster.local:2113?tls=false",
+        ),
+        ("kurrentdb://a:2113,b:2113?tls=false", "kurrentdb://a:2113,b:2113?tls=false"),
+    ],
+)
+def test_cluster_uris_reach_kurrentdbclient_in_a_form_it_takes(uri: str, expected: str) -> None:
+    converted = client_uri(uri)
+    assert converted == expected
+    ConnectionSpec(converted)  # kurrentdbclient's own parser accepts it (it refused `uri`)
+
+
+async def test_a_cluster_of_several_nodes_is_discovered_from_them() -> None:
+    """Three nodes nobody serves: discovery from all three fails as an outage, not as the
+    configuration error kurrentdbclient gives ``+discover`` with several hosts."""
+    ports = [_unused_port() for _ in range(3)]
+    nodes = ",".join(f"127.0.0.1:{p}" for p in ports)
+    uri = f"kurrentdb+discover://{nodes}?tls=false&MaxDiscoverAttempts=1"
+    async with asyncio.timeout(20):
+        with pytest.raises(EventStoreUnavailable):
+            await KurrentDBEventStore.connect(uri)
