@@ -24,6 +24,7 @@ import functools
 import json
 import sqlite3
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,12 @@ class SQLiteEventStore:
         #: lock and never checkpoints.
         self._here: sqlite3.Connection | None = None
         self._appended = asyncio.Event()
+        #: Called after each group commit that appended: how other processes are told
+        #: (``broker.append_notices``); their subscribers then need not wait for a poll.
+        self.on_append: Callable[[], None] | None = None
+        #: Names this opening of the store in those notices: a store is woken by its own
+        #: appends already, not by a notice of them.
+        self.instance = uuid.uuid4().hex
         self._queue: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
         #: Events written on this thread since the last checkpoint.
@@ -154,13 +161,19 @@ class SQLiteEventStore:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> SQLiteEventStore:
-        """Open (creating if needed); ``?synchronous=full`` buys power-loss safety with speed."""
+        """Open (creating if needed); ``?synchronous=full`` buys power-loss safety with speed,
+        and ``?poll_interval=<seconds>`` sets how often a subscriber looks for other
+        processes' appends when nobody tells it of them."""
         synchronous = "NORMAL"
         if isinstance(url_or_path, Path):
             path = url_or_path
         else:
             query = parse_qs(urlparse(url_or_path).query)
             synchronous = query.get("synchronous", ["normal"])[0].upper()
+            if "poll_interval" in query:
+                poll_interval = float(query["poll_interval"][0])
+                if not 0 < poll_interval <= 60:
+                    raise ValueError(f"poll_interval must be within (0, 60] s: {poll_interval}")
             path = sqlite_path_from_url(url_or_path)
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
@@ -365,6 +378,13 @@ class SQLiteEventStore:
                         await appended.wait()
 
     def _wake_subscribers(self) -> None:
+        appended, self._appended = self._appended, asyncio.Event()
+        appended.set()
+        if self.on_append is not None:
+            self.on_append()
+
+    def wake(self) -> None:
+        """Another process appended: subscribers read now instead of at their next poll."""
         appended, self._appended = self._appended, asyncio.Event()
         appended.set()
 
