@@ -130,13 +130,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL) -> KeyValue:
-    """The bucket, created on first use with ``ttl``: the first creator's TTL stands."""
+async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) -> KeyValue:
+    """The bucket, created on first use with ``ttl`` and ``replicas``: the first creator's
+    settings stand (an existing bucket is used as it is; changing its replicas is an
+    operator's ``nats kv edit``, not something every starting service should race to do)."""
     js = nc.jetstream()
     try:
         return await js.key_value(BUCKET)
     except BucketNotFoundError:
-        return await js.create_key_value(bucket=BUCKET, ttl=ttl, history=1)
+        return await js.create_key_value(bucket=BUCKET, ttl=ttl, history=1, replicas=replicas)
 
 
 async def holders(nc: NATS) -> dict[str, Holder | None]:
@@ -166,6 +168,7 @@ class Singleton:
         component: Component,
         *,
         ttl: float = DEFAULT_TTL,
+        replicas: int = 1,
     ) -> None:
         if ttl <= 0:
             raise ValueError("a lease's ttl must be positive")
@@ -173,6 +176,8 @@ class Singleton:
         self.role = role
         self.component = component
         self.ttl = ttl
+        #: Copies of the lease bucket, should this instance be the one to create it.
+        self.replicas = replicas
         #: Renew (and, on standby, try to take) this often: three tries per TTL.
         self.renew = ttl / 3
         self.instance = uuid.uuid4().hex
@@ -235,7 +240,7 @@ class Singleton:
         """One try: renew the lease held, or take the lease if it is free."""
         try:
             if self._kv is None:
-                self._kv = await lease_bucket(self._nc, self.ttl)
+                self._kv = await lease_bucket(self._nc, self.ttl, self.replicas)
             # A request to a server out of reach would wait its full timeout (5 s):
             # longer than the lease. Each try gets one renewal interval.
             if self.leading:

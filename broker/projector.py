@@ -248,11 +248,14 @@ class Projector:
         keep_context: bool = False,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         backoff: float = DEFAULT_BACKOFF,
+        replicas: int = 1,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("an event is delivered at least once")
         self._nc = nc
         self._js = nc.jetstream()
+        #: Copies of ``EVENTS`` and ``DLQ`` asked for when the projector creates them.
+        self._replicas = replicas
         self._db = db
         self.projections = projections
         #: The consumer's name: in the ``DLQ`` headers, the ledger and the retry subject.
@@ -276,7 +279,7 @@ class Projector:
         self.set_aside = 0
 
     async def start(self) -> None:
-        await ensure_streams(self._js)
+        await ensure_streams(self._js, replicas=self._replicas)
         await self._db.run(_ensure_schema)
         self._retries = await self._nc.subscribe(
             dlq_retry_subject(self.name), queue=RETRY_QUEUE, cb=self._on_retry

@@ -81,8 +81,11 @@ class Relay:
         *,
         window: int = DEFAULT_WINDOW,
         on_acked: AckHook | None = None,
+        replicas: int = 1,
     ) -> None:
         self._nc = nc
+        #: Copies of ``EVENTS`` and ``DLQ`` asked for when the relay creates them.
+        self._replicas = replicas
         self._js = nc.jetstream()
         self._store = store
         self._window = window
@@ -141,7 +144,7 @@ class Relay:
     async def _run(self) -> None:
         while True:
             try:
-                await ensure_streams(self._js)
+                await ensure_streams(self._js, replicas=self._replicas)
                 after, last_seq = await self._resume_point()
                 if after < self.position:
                     self.rewinds += 1

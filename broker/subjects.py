@@ -108,6 +108,11 @@ def heartbeat_subject(service: str) -> str:
     return HEARTBEAT_PREFIX + service
 
 
+#: An appender (the command or saga service) says here that it appended to the embedded
+#: store, so a relay in another process reads at once instead of at its next poll.
+STORE_APPENDED = "ordermesh.store.appended"
+
+
 #: Where no reply may go: a request's reply subject is the requester's choice, and a
 #: service answering on ``events.order.placed`` would publish into ``EVENTS`` for it
 #: (``allow_responses`` lets a reply through whatever the service's own permissions say).

@@ -156,3 +156,73 @@ jetstream {{
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+class ConfiguredNatsServer:
+    """A ``nats-server`` run with a configuration file written elsewhere, such as a node
+    of infra/nats/cluster/: the tests prove the committed files, not a copy of them.
+
+    Ready once ``/healthz?js-enabled-only=true`` answers 200 on ``monitor_port`` (which the
+    file must set). :meth:`kill` plays a crash (SIGKILL); :meth:`start` again restarts the
+    server on whatever store its file names.
+    """
+
+    def __init__(self, config: Path, *, port: int, monitor_port: int, log: Path) -> None:
+        self.config = config
+        self.port = port
+        self.monitor_port = monitor_port
+        self.log = log
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
+        with self.log.open("ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(nats_server_binary()),
+                "-c",
+                str(self.config),
+                stdout=log,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self._proc.returncode is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self._proc.returncode}; see {self.log}"
+                )
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if await _http_status(self.monitor_port, "/healthz?js-enabled-only=true") == 200:
+                    return
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise NatsServerError(f"nats-server not ready after {ready_timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def kill(self) -> None:
+        """SIGKILL: no lame duck, no flush, as a crashed machine or ``kill -9``."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.kill()
+        await proc.wait()
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

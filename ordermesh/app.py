@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from loguru import logger
 from nats.aio.client import Client as NATS
 
+from broker.append_notices import AppendListener, AppendNotices
 from broker.connection import connect_checked, connect_options, redact_url
 from broker.heartbeat import Heartbeat
 from broker.lease import Singleton
@@ -29,6 +30,7 @@ from broker.stream_gauges import StreamGauges
 from domain.event_store import EventStore
 from handlers import CommandExecutor
 from infra.eventstore import open_event_store
+from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import EmbeddedNatsServer
 from infra.sqlite_worker import SQLiteWorker
 from ordermesh.api.app import build_app
@@ -206,6 +208,7 @@ class App:
             assert self.store is not None
             self.executor = CommandExecutor(self.store)
             timeout = self.settings.partner_timeout
+            notices = self._append_notices()
             service: RequestService = command_service(
                 self.nc,
                 self.executor,
@@ -213,7 +216,7 @@ class App:
                 carrier=NatsShippingCarrier(self.nc, timeout),
                 max_payload=limit,
             )
-            return [service]
+            return [*notices, service]
         if name == "partners":
             # Imported here: FastStream costs every other process ~0.2 s of start-up.
             from partners.service import PartnerServices
@@ -238,10 +241,18 @@ class App:
                 self.saga_db,
                 self.settings.saga,
             )
-            return [self._singleton("saga", self.sagas)]
+            return [*self._append_notices(), self._singleton("saga", self.sagas)]
         if name == "relay":
             assert self.store is not None
-            return [self._singleton("relay", Relay(self.nc, self.store))]
+            relay: list[Component] = [
+                self._singleton(
+                    "relay", Relay(self.nc, self.store, replicas=self.settings.stream_replicas)
+                )
+            ]
+            if isinstance(self.store, SQLiteEventStore):
+                # Appends made by other processes wake it at once (broker.append_notices).
+                relay.insert(0, AppendListener(self.nc, self.store))
+            return relay
         if name == "api":
             buffer = MessageBuffer(capacity=self.settings.monitor_buffer)
             topology = Topology(buffer, self.nc)
@@ -260,12 +271,27 @@ class App:
             assert self.read_models is not None
             return [
                 self._singleton(
-                    "projections", Projector(self.nc, self.read_models, all_projections())
+                    "projections",
+                    Projector(
+                        self.nc,
+                        self.read_models,
+                        all_projections(),
+                        replicas=self.settings.stream_replicas,
+                    ),
                 ),
                 StreamGauges(self.nc),
             ]
         assert self.read_models is not None
         return [query_service(self.nc, self.read_models, max_payload=limit)]
+
+    def _append_notices(self) -> list[Component]:
+        """For an appender on the embedded store: tell relays in other processes of its
+        appends (once per process, though command and saga both append)."""
+        if not isinstance(self.store, SQLiteEventStore) or any(
+            isinstance(c, AppendNotices) for c in self.components
+        ):
+            return []
+        return [AppendNotices(self.nc, self.store)] if self.nc is not None else []
 
     def component(self, kind: type[C]) -> C:
         """The running component of that class, behind its lease or not (benchmarks and
@@ -280,7 +306,13 @@ class App:
         """``component`` runs only while this process holds ``role``'s lease; another
         process running the same service stands by and takes over when this one dies."""
         assert self.nc is not None
-        singleton = Singleton(self.nc, role, component, ttl=self.settings.lease_ttl)
+        singleton = Singleton(
+            self.nc,
+            role,
+            component,
+            ttl=self.settings.lease_ttl,
+            replicas=self.settings.stream_replicas,
+        )
         self.leases.append(singleton)
         return singleton
 

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="seconds a relay, saga or projections lease lasts unrenewed: a standby"
         " takes over within about this long after the holder dies",
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="copies JetStream keeps of EVENTS, DLQ and the lease bucket; 3 on a"
+        " 3-node NATS cluster so that losing one node loses neither data nor leases",
+    )
     idempotency_window: float = Field(
         default=DEFAULT_IDEMPOTENCY_WINDOW,
         ge=120.0,

@@ -221,6 +221,7 @@ ALLOWED: dict[str, dict[str, list[str]]] = {
     "command": {
         "publish": [
             "ordermesh.heartbeat.ordermesh-command",
+            "ordermesh.store.appended",
             "$SRV.PING.ordermesh-command.1",
             *PARTNER_QUEUES,  # its requests to the partners
         ],
@@ -243,7 +244,7 @@ ALLOWED: dict[str, dict[str, list[str]]] = {
             "$JS.API.STREAM.INFO.EVENTS",
             "$KV.ordermesh_leases.relay",
         ],
-        "subscription": ["_INBOX.relay.>"],
+        "subscription": ["_INBOX.relay.>", "ordermesh.store.appended"],
     },
     "saga": {
         "publish": [
@@ -251,6 +252,7 @@ ALLOWED: dict[str, dict[str, list[str]]] = {
             "dlq.events.order.placed",
             "$JS.API.CONSUMER.MSG.NEXT.EVENTS.c1",
             "$KV.ordermesh_leases.saga",
+            "ordermesh.store.appended",
         ],
         "subscription": [dlq_retry_subject(SagaInbox.name), "_INBOX.saga.>"],
     },
