@@ -11,6 +11,12 @@ topped up as batches are taken, so nothing more than a window is ever in flight.
 are handed over as they arrive, not when a request is complete (nats-py's ``fetch`` waits
 for a whole batch or its timeout, a latency floor at low rates). The consumer acknowledges
 nothing: the reader keeps its own position and resumes from it with a new feed.
+
+Acknowledging nothing also means the server never sends a message twice: what it pushed to
+a connection that died (a NATS node killed under a cluster's client, which reconnects to
+another node) is gone. The consumer numbers its deliveries 1, 2, 3, … without a hole, so a
+hole says exactly that; the feed then hands over what came before it and reports itself
+lost, and the reader resumes from its own position, reading the missing events again.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class PullFeed:
         #: Messages asked for and not yet received.
         self._outstanding = 0
         self._lost: str | None = None
+        #: The consumer's delivery number the next message must carry.
+        self._next_delivery = 1
         #: Pull requests sent (the first, top-ups and those replacing expired ones).
         self.pulls = 0
         self._consumer: str | None = None
@@ -145,6 +153,21 @@ class PullFeed:
         await self._top_up()
         return taken
 
+    def _in_sequence(self, msg: Msg) -> bool:
+        """Whether ``msg`` is the next delivery; a hole before it loses the feed."""
+        try:
+            delivery = msg.metadata.sequence.consumer
+        except Exception:  # no JetStream metadata: nothing to check against
+            return True
+        if delivery != self._next_delivery:
+            self._lost = (
+                f"consumer {self._consumer}: delivery {delivery} after "
+                f"{self._next_delivery - 1}; the messages between were lost"
+            )
+            return False
+        self._next_delivery = delivery + 1
+        return True
+
     async def _top_up(self) -> None:
         """Ask for more once half the window is free, so the next messages are on their way
         while this batch is applied."""
@@ -162,8 +185,9 @@ class PullFeed:
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.subject != self._inbox:  # a stored message keeps its own subject
-            self._buffer.append(msg)
             self._outstanding -= 1
+            if self._lost is None and self._in_sequence(msg):
+                self._buffer.append(msg)
             self._arrived.set()
             return
         headers = msg.headers or {}

@@ -71,11 +71,17 @@ class SagaService:
         policy: SagaPolicy | None = None,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        replicas: int = 1,
     ) -> None:
         self.runner = SagaRunner(executor, NatsCommandBus(nc), policy)
         self._db = db
         self._projector = Projector(
-            nc, db, [inbox.SagaInbox()], on_commit=self._on_commit, keep_context=True
+            nc,
+            db,
+            [inbox.SagaInbox()],
+            on_commit=self._on_commit,
+            keep_context=True,
+            replicas=replicas,
         )
         self._concurrency = concurrency
         self._queue: asyncio.Queue[tuple[OrderPlaced, MessageContext]] = asyncio.Queue()

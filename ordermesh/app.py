@@ -240,6 +240,7 @@ class App:
                 CommandExecutor(self.store, source="ordermesh.saga"),
                 self.saga_db,
                 self.settings.saga,
+                replicas=self.settings.stream_replicas,
             )
             return [*self._append_notices(), self._singleton("saga", self.sagas)]
         if name == "relay":
