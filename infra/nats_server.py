@@ -56,108 +56,6 @@ async def _http_status(port: int, path: str) -> int:
             await writer.wait_closed()
 
 
-class EmbeddedNatsServer:
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        port: int = 0,
-        monitor_port: int = 0,
-        max_memory: str = "256MB",
-        max_file: str = "10GB",
-        extra_config: str = "",
-        sync_interval: str = "2m",
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.monitor_port = monitor_port or free_port()
-        self._max_memory = max_memory
-        self._max_file = max_file
-        #: Appended to the generated configuration (authorization, TLS, …).
-        self._extra_config = extra_config
-        #: How often JetStream fsyncs its files (``always``: every write); the server's
-        #: default, 2 min, unless asked (the benchmark measures the cost of ``always``).
-        self._sync_interval = sync_interval
-        self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
-    def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The running server's process id (tests freeze it to play a silent server)."""
-        return self._proc.pid if self._proc is not None else None
-
-    def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        store_dir = self.data_dir / "jetstream"
-        config = self.data_dir / "nats-server.conf"
-        config.write_text(
-            f"""# written by ordermesh; edits are overwritten at start
-server_name: ordermesh
-host: 127.0.0.1
-port: {self.port}
-http: "127.0.0.1:{self.monitor_port}"
-max_payload: 1MB
-jetstream {{
-  store_dir: "{store_dir}"
-  max_memory_store: {self._max_memory}
-  max_file_store: {self._max_file}
-  sync_interval: "{self._sync_interval}"
-}}
-{self._extra_config}
-"""
-        )
-        return config
-
-    async def start(self) -> None:
-        config = self._write_config()
-        log = (self.data_dir / "nats-server.log").open("ab")
-        self._proc = await asyncio.create_subprocess_exec(
-            str(nats_server_binary()),
-            "-c",
-            str(config),
-            stdout=log,
-            stderr=log,
-            stdin=asyncio.subprocess.DEVNULL,
-            # Its own session: a Ctrl-C in the terminal reaches ordermesh only, which then
-            # closes its connections before it stops the server, not after.
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if self._proc.returncode is not None:
-                raise NatsServerError(
-                    f"nats-server exited with {self._proc.returncode}; see "
-                    f"{self.data_dir / 'nats-server.log'}"
-                )
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if await _http_status(self.monitor_port, "/healthz?js-enabled-only=true") == 200:
-                    return
-            if time.monotonic() > deadline:
-                await self.stop()
-                raise NatsServerError(f"nats-server not ready after {READY_TIMEOUT} s")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 class ConfiguredNatsServer:
     """A ``nats-server`` run with a configuration file written elsewhere, such as a node
     of infra/nats/cluster/: the tests prove the committed files, not a copy of them.
@@ -180,6 +78,7 @@ class ConfiguredNatsServer:
 
     @property
     def pid(self) -> int | None:
+        """The running server's process id (tests freeze it to play a silent server)."""
         return self._proc.pid if self._proc is not None else None
 
     async def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
@@ -191,6 +90,8 @@ class ConfiguredNatsServer:
                 stdout=log,
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a Ctrl-C in the terminal reaches ordermesh only, which
+                # then closes its connections before it stops the server, not after.
                 start_new_session=True,
             )
         deadline = time.monotonic() + ready_timeout
@@ -226,3 +127,64 @@ class ConfiguredNatsServer:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+class EmbeddedNatsServer(ConfiguredNatsServer):
+    """A ``nats-server`` with JetStream whose configuration ordermesh writes itself, in
+    ``data_dir`` beside its store and its log."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        monitor_port: int = 0,
+        max_memory: str = "256MB",
+        max_file: str = "10GB",
+        extra_config: str = "",
+        sync_interval: str = "2m",
+    ) -> None:
+        self.data_dir = data_dir
+        super().__init__(
+            data_dir / "nats-server.conf",
+            port=port or free_port(),
+            monitor_port=monitor_port or free_port(),
+            log=data_dir / "nats-server.log",
+        )
+        self._max_memory = max_memory
+        self._max_file = max_file
+        #: Appended to the generated configuration (authorization, TLS, …).
+        self._extra_config = extra_config
+        #: How often JetStream fsyncs its files (``always``: every write); the server's
+        #: default, 2 min, unless asked (the benchmark measures the cost of ``always``).
+        self._sync_interval = sync_interval
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        store_dir = self.data_dir / "jetstream"
+        config = self.config
+        config.write_text(
+            f"""# written by ordermesh; edits are overwritten at start
+server_name: ordermesh
+host: 127.0.0.1
+port: {self.port}
+http: "127.0.0.1:{self.monitor_port}"
+max_payload: 1MB
+jetstream {{
+  store_dir: "{store_dir}"
+  max_memory_store: {self._max_memory}
+  max_file_store: {self._max_file}
+  sync_interval: "{self._sync_interval}"
+}}
+{self._extra_config}
+"""
+        )
+        return config
+
+    async def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
+        self._write_config()
+        await super().start(ready_timeout)
