@@ -62,10 +62,20 @@ EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 _WRONG_LAST = frozenset({10071, 10070})
 
 DEFAULT_WINDOW = 256
-ACK_TIMEOUT = 10.0
+#: Seconds without any ack while publishes are outstanding before the relay restarts
+#: from its checkpoint. Acks flow within milliseconds while JetStream works; when none
+#: come, the server or the stream's leader is gone (a cluster node killed: its
+#: publishes are never acknowledged), and waiting longer only delays the failover.
+ACK_TIMEOUT = 3.0
 #: How often the relay checks for stalled acks and, when idle, for a rewound stream.
 CHECK_INTERVAL = 1.0
 RESTART_DELAY = 1.0
+#: Seconds the relay waits for an answer from JetStream's API (stream info, a message
+#: read back for the checkpoint). nats-py waits 5 s; while a cluster elects a new leader
+#: for ``EVENTS`` (2-3 s) nobody answers, and each unanswered call held the relay back
+#: that long, sometimes twice, before it asked the new leader. A loaded server answers
+#: these in milliseconds; a slow answer only costs a restart from the checkpoint.
+API_TIMEOUT = 2.0
 #: After JetStream refused a publish for its expected-last check (someone else wrote to
 #: EVENTS, or it lost its tail): nothing is broken, resume almost at once.
 RESUME_DELAY = 0.05
@@ -86,7 +96,7 @@ class Relay:
         self._nc = nc
         #: Copies of ``EVENTS`` and ``DLQ`` asked for when the relay creates them.
         self._replicas = replicas
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=API_TIMEOUT)
         self._store = store
         self._window = window
         #: Called once JetStream has acknowledged an event (benchmarks time the relay
@@ -202,8 +212,10 @@ class Relay:
             slots.release()
             progress.outstanding -= 1
             progress.last = time.monotonic()
+            # Read even when the pump has already failed: a publish the server never
+            # acknowledged (its node killed) must not log "exception never retrieved".
+            error = None if future.cancelled() else future.exception()
             if span is not None:
-                error = None if future.cancelled() else future.exception()
                 if isinstance(error, Exception):
                     span.record_exception(error)
                     tracing.fail(span, "publish_failed", str(error))
