@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up stack test fuzz bench bench-instructions lint typecheck format clean tools chaos node-tools
+.PHONY: up scale stack test fuzz bench bench-instructions lint typecheck format clean tools chaos node-tools
 
 # Debian's prometheus gives promtool (checks /metrics, the rules and their unit tests)
 # and a real Prometheus server (the dashboards and alerts proven on live data);
@@ -44,6 +44,11 @@ $(STAMP): pyproject.toml
 
 up: $(STAMP)
 	$(BIN)/ordermesh up
+
+# `make scale N=3`: N processes of each scalable service (docs/operations.md).
+N ?= 2
+scale: $(STAMP)
+	$(BIN)/ordermesh up --replicas $(N)
 
 # The whole monitoring stack in containers (needs Docker with compose).
 stack:

@@ -39,7 +39,7 @@ from ordermesh.api.events import StoredEventReader
 from ordermesh.api.process import MonitorProcess
 from ordermesh.api.schema import Context
 from ordermesh.api.server import ApiServer
-from ordermesh.child import ChildService
+from ordermesh.child import ChildGroup, ChildService
 from ordermesh.config import Settings
 from ordermesh.monitor.broadcaster import Broadcaster
 from ordermesh.monitor.buffer import MessageBuffer
@@ -76,7 +76,8 @@ class App:
     api: ApiServer | None = None
     monitor: Context | None = None
     monitor_process: MonitorProcess | None = None
-    #: Services this process started as children (``ordermesh up``: the partners).
+    #: Services this process started as children besides the monitor (``ordermesh up``:
+    #: the partners and, with ``--replicas``, the other replicas), in start order.
     children: list[ChildService] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     #: The relay, saga and projections, each behind its lease, when they run here.
@@ -181,13 +182,17 @@ class App:
                     raise RuntimeError(f"the {component.name} service does not answer pings")
 
     async def add(self, component: Component) -> None:
-        """Start one more component, stopped with the others (first, being the last)."""
+        """Start one more component, stopped with the others (first, being the last).
+        A child process, or each child of a :class:`ChildGroup`, is recorded as the
+        monitor or among :attr:`children`, for the banner."""
         await component.start()
         self.components.append(component)
-        if isinstance(component, MonitorProcess):
-            self.monitor_process = component
-        elif isinstance(component, ChildService):
-            self.children.append(component)
+        group = component.children if isinstance(component, ChildGroup) else (component,)
+        for child in group:
+            if isinstance(child, MonitorProcess):
+                self.monitor_process = child
+            elif isinstance(child, ChildService):
+                self.children.append(child)
 
     @property
     def monitor_url(self) -> str | None:

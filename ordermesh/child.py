@@ -1,12 +1,13 @@
-"""A service of ``ordermesh up`` in a process of its own: ``ordermesh run <service>``.
+"""Services of ``ordermesh up`` in processes of their own: ``ordermesh run <services>``.
 
-``ordermesh up`` runs the core services in its own process and starts two children
-beside it: the monitor (whose copies of every message would otherwise cost the command
-path a quarter of its throughput) and the partners (services of their own in the system
-they model). It waits until a child's HTTP endpoint answers, and stops it on the way
-out; a child stops by itself when ``ordermesh up`` dies without a word: its stdin is a
-pipe from the parent, which the kernel closes however the parent ends
-(``ORDERMESH_STOP_WITH_STDIN``).
+``ordermesh up`` runs the core services in its own process and starts children beside
+it: the monitor (whose copies of every message would otherwise cost the command path a
+quarter of its throughput), the partners (services of their own in the system they
+model) and, with ``--replicas N``, N-1 more processes of the core services and of the
+partners, which share the work through queue groups and leases. It waits until each
+child's HTTP endpoint answers, and stops them all on the way out; a child stops by
+itself when ``ordermesh up`` dies without a word: its stdin is a pipe from the parent,
+which the kernel closes however the parent ends (``ORDERMESH_STOP_WITH_STDIN``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class ChildService:
         self.services = tuple(services)
         self.ready_url = ready_url
         self.env = dict(env or {})
+        #: Where its ``/metrics`` is, when it serves one that is meant to be scraped.
+        self.metrics_url: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -86,16 +89,25 @@ class ChildService:
             await proc.wait()
 
 
-class PartnersProcess(ChildService):
-    """``ordermesh run partners`` beside ``ordermesh up`` (or a test's services), with the
-    simulation settings and data directory of ``settings``; ready when its ``/readyz``
-    answers (on ``metrics_port``, or on a free port just for that when metrics are off)."""
+class ServicesProcess(ChildService):
+    """``ordermesh run <services>`` beside ``ordermesh up`` (or a test's services) on the
+    NATS server at ``nats_url``, with the data directory and simulation settings of
+    ``settings``, so that it shares the stores and the ledgers of every other process of
+    that ``up``; ready when its ``/readyz`` answers (on ``metrics_port``, or on a free port
+    just for that when metrics are off)."""
 
-    def __init__(self, nats_url: str, settings: Settings, *, metrics_port: int = 0) -> None:
+    def __init__(
+        self,
+        services: Sequence[str],
+        nats_url: str,
+        settings: Settings,
+        *,
+        metrics_port: int = 0,
+    ) -> None:
         port = metrics_port or free_port()
         host = settings.metrics_host
         super().__init__(
-            ("partners",),
+            services,
             f"http://{host}:{port}/readyz",
             {
                 "ORDERMESH_NATS_URL": nats_url,
@@ -107,3 +119,38 @@ class PartnersProcess(ChildService):
                 "ORDERMESH_METRICS_HOST": host,
             },
         )
+        if metrics_port:  # else a port of its own just for /readyz, not to be scraped
+            self.metrics_url = f"http://{host}:{port}/metrics"
+
+
+class PartnersProcess(ServicesProcess):
+    """``ordermesh run partners``: the payment gateway and the shipping carrier."""
+
+    def __init__(self, nats_url: str, settings: Settings, *, metrics_port: int = 0) -> None:
+        super().__init__(("partners",), nats_url, settings, metrics_port=metrics_port)
+
+
+class ChildGroup:
+    """Several children started together and stopped together, each concurrently: the
+    monitor and every replica of ``ordermesh up --replicas N``. Starting is all or
+    nothing: when one fails, the others are stopped before the error is raised, so no
+    child outlives a failed start."""
+
+    def __init__(self, children: Sequence[ChildService]) -> None:
+        self.children = tuple(children)
+
+    async def start(self) -> None:
+        try:
+            results = await asyncio.gather(
+                *(child.start() for child in self.children), return_exceptions=True
+            )
+        except BaseException:  # cancelled while starting: no child may stay behind
+            await self.stop()
+            raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(child.stop() for child in self.children))

@@ -23,6 +23,7 @@ class MonitorProcess(ChildService):
         host: str = "127.0.0.1",
         port: int = 4000,
         metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.nats_url = nats_url
         self.host = host
@@ -36,8 +37,11 @@ class MonitorProcess(ChildService):
                 "ORDERMESH_API_HOST": host,
                 "ORDERMESH_API_PORT": str(self.port),
                 "ORDERMESH_METRICS_PORT": str(metrics_port),
+                "ORDERMESH_METRICS_HOST": metrics_host,
             },
         )
+        if metrics_port:
+            self.metrics_url = f"http://{metrics_host}:{metrics_port}/metrics"
 
     @property
     def url(self) -> str:
