@@ -169,6 +169,7 @@ class Singleton:
         *,
         ttl: float = DEFAULT_TTL,
         replicas: int = 1,
+        defer: float = 0.0,
     ) -> None:
         if ttl <= 0:
             raise ValueError("a lease's ttl must be positive")
@@ -183,16 +184,24 @@ class Singleton:
         self.instance = uuid.uuid4().hex
         self.node = this_node()
         self.leading = False
-        #: Times this instance took the lease.
+        #: Times this instance took the lease, and rounds it has run (taking or renewing).
         self.terms = 0
+        self.tries = 0
         self._revision = 0
         self._since = 0.0
         self._confirmed = 0.0
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        #: For ``defer`` seconds after start, a free lease is left to another instance
+        #: (the one a layout means to lead), until somebody holds it: from then on this
+        #: is an ordinary standby, which takes over when that one dies.
+        self.defer = defer
+        self._defer_until = 0.0
 
     async def start(self) -> None:
+        if self.defer > 0:
+            self._defer_until = time.monotonic() + self.defer
         _RUNNING.setdefault(self.role, set()).add(self.instance)
         self._set_state()
         # The first try before returning: a lone instance runs its component once started.
@@ -238,6 +247,7 @@ class Singleton:
 
     async def _round(self) -> None:
         """One try: renew the lease held, or take the lease if it is free."""
+        self.tries += 1
         try:
             if self._kv is None:
                 self._kv = await lease_bucket(self._nc, self.ttl, self.replicas)
@@ -246,7 +256,7 @@ class Singleton:
             if self.leading:
                 async with asyncio.timeout(self.renew):
                     await self._renew(self._kv)
-            else:
+            elif not await self._leaving_it(self._kv):
                 async with asyncio.timeout(self.renew):
                     taken = await self._take(self._kv)
                 if taken:
@@ -261,6 +271,20 @@ class Singleton:
             # Not renewed for most of the TTL: the server may hand the key to another
             # instance soon. Stop before it can.
             await self._step_down("could not renew its lease")
+
+    async def _leaving_it(self, kv: KeyValue) -> bool:
+        """Whether this try leaves the lease alone: while deferring, as long as nobody
+        has taken it (the instance meant to lead may still be starting)."""
+        if not self._defer_until:
+            return False
+        if time.monotonic() < self._defer_until:
+            try:
+                async with asyncio.timeout(self.renew):
+                    await kv.get(self.role)
+            except KeyNotFoundError:
+                return True
+        self._defer_until = 0.0  # held by the one meant to lead, or it never came
+        return False
 
     async def _take(self, kv: KeyValue) -> bool:
         try:

@@ -318,14 +318,17 @@ class App:
             component,
             ttl=self.settings.lease_ttl,
             replicas=self.settings.stream_replicas,
+            defer=self.settings.lease_defer(role),
         )
         self.leases.append(singleton)
         return singleton
 
     async def wait_leading(self) -> None:
-        """Until this process leads every singleton it runs (tests, ``up``'s banner)."""
+        """Until this process leads every singleton it runs and is meant to lead (all of
+        them, unless ``ORDERMESH_LEADS`` says otherwise): tests, ``up``'s banner."""
         for singleton in self.leases:
-            await singleton.wait_leading()
+            if not singleton.defer:
+                await singleton.wait_leading()
 
     async def stop(self) -> None:
         """Stop in reverse order: no new requests first, the server last."""

@@ -84,6 +84,19 @@ class Settings(BaseSettings):
         description="seconds a relay, saga or projections lease lasts unrenewed: a standby"
         " takes over within about this long after the holder dies",
     )
+    leads: str | None = Field(
+        default=None,
+        description="comma-separated roles (relay, projections, saga) this process is meant"
+        " to lead; for the others it leaves a free lease to another process for up to"
+        " ORDERMESH_LEAD_DEFER seconds after it starts. Unset: it takes any free lease at"
+        " once (ordermesh up --replicas sets it, to spread the singletons over processes)",
+    )
+    lead_defer: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=600.0,
+        description="seconds a process leaves a free lease it is not meant to lead",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,
@@ -96,6 +109,14 @@ class Settings(BaseSettings):
         ge=120.0,
         description="seconds a command id (ce-id) stays recorded; at least JetStream's 120 s",
     )
+
+    def lease_defer(self, role: str) -> float:
+        """Seconds this process leaves ``role``'s free lease to the process meant to lead
+        it: none when no layout is given (``leads`` unset) or the role is its own."""
+        if self.leads is None:
+            return 0.0
+        mine = {r.strip() for r in self.leads.split(",") if r.strip()}
+        return 0.0 if role in mine else self.lead_defer
 
     @property
     def event_store_url(self) -> str:

@@ -83,11 +83,23 @@ def metrics_ports(base: int, replicas: int) -> dict[str, int]:
     return ports
 
 
+def lead_layout(replicas: int) -> dict[int, tuple[str, ...]]:
+    """Which replica (1..N) is meant to lead which singleton: spread over the processes,
+    so that with two the saga (the costliest singleton per order: docs/architecture.md)
+    has a core of its own, away from the relay and the projector. Replica 1 is the
+    ``up`` process."""
+    layout: dict[int, tuple[str, ...]] = {k: () for k in range(1, replicas + 1)}
+    for i, role in enumerate(("relay", "saga", "projections")):
+        k = i % replicas + 1
+        layout[k] = (*layout[k], role)
+    return layout
+
+
 async def _start_children(application: App, replicas: int) -> None:
     """The monitor, the partners and the other replicas, started concurrently (each
-    takes a second or two to import and connect). With replicas, this process takes
-    the relay, saga and projections leases first, so that it is the one that leads and
-    the replicas, started after, stand by."""
+    takes a second or two to import and connect). With replicas, this process first
+    takes the leases :func:`lead_layout` gives it; each replica takes its own as it
+    starts, and every process stands by for the others' (``ORDERMESH_LEADS``)."""
     s = application.settings
     url = application.nats_url
     if replicas > 1:
@@ -96,7 +108,7 @@ async def _start_children(application: App, replicas: int) -> None:
                 await application.wait_leading()
         except TimeoutError:
             raise RuntimeError(
-                f"this process did not get the relay, saga and projections leases within"
+                f"this process did not get the {s.leads} lease(s) within"
                 f" {STARTUP_TIMEOUT:.0f} s: does another ordermesh on {redact_url(url)}"
                 " hold them? (ordermesh status)"
             ) from None
@@ -111,12 +123,24 @@ async def _start_children(application: App, replicas: int) -> None:
         ),
         PartnersProcess(url, s, metrics_port=ports.get("partners-1", 0)),
     ]
+    layout = lead_layout(replicas)
     for k in range(2, replicas + 1):
-        group += [
-            ServicesProcess(CORE_SERVICES, url, s, metrics_port=ports.get(f"core-{k}", 0)),
-            PartnersProcess(url, s, metrics_port=ports.get(f"partners-{k}", 0)),
-        ]
+        core = ServicesProcess(CORE_SERVICES, url, s, metrics_port=ports.get(f"core-{k}", 0))
+        core.env["ORDERMESH_LEADS"] = ",".join(layout[k])
+        group += [core, PartnersProcess(url, s, metrics_port=ports.get(f"partners-{k}", 0))]
     await application.add(ChildGroup(group))
+    if replicas > 1 and application.nc is not None:
+        # Each replica took the leases it is meant to lead before it answered /readyz;
+        # read the bucket until it says so (a replica's first write may still be on its
+        # way), so that the banner shows the layout. A poll: KV has no "all held" event.
+        nc = application.nc
+
+        async def held() -> bool:
+            return all(h is not None for h in (await holders(nc)).values())
+
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while not await held():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
 
 
 async def _leaders(application: App) -> dict[str, int]:
@@ -248,12 +272,13 @@ def up(
             "--replicas",
             min=1,
             help="processes of each scalable service (1 or more). With N, this process"
-            " runs nats-server and the core services and leads relay, projections and"
-            " saga; N-1 more processes run the core services (they share commands and"
-            " queries, and stand by for the rest) and N processes in all run the"
-            " partners; one monitor. /metrics: this process at ORDERMESH_METRICS_PORT"
-            " (P), the monitor at P+1, the partners at P+2, replica k (2..N) at"
-            " P+2k-1 and its partners at P+2k.",
+            " runs nats-server and the core services, N-1 more processes run the core"
+            " services too (all share commands and queries) and N processes in all run"
+            " the partners; one monitor. The relay, the saga and the projections are"
+            " led by different processes where N allows (with 2: this one the relay and"
+            " the projections, the second the saga), the others standing by. /metrics:"
+            " this process at ORDERMESH_METRICS_PORT (P), the monitor at P+1, the"
+            " partners at P+2, replica k (2..N) at P+2k-1 and its partners at P+2k.",
         ),
     ] = 1,
 ) -> None:
@@ -273,6 +298,8 @@ def up(
             param_hint="'--replicas'",
         )
     configure_logging("ordermesh")
+    if replicas > 1:
+        settings = settings.model_copy(update={"leads": ",".join(lead_layout(replicas)[1])})
     # The monitor and the partners: processes of their own.
     application = App(settings, CORE_SERVICES, embedded_nats=True)
     _serve(application, on_ready="banner", children=True, replicas=replicas)

@@ -80,6 +80,54 @@ async def _renewed_after(nc: NATS, renewed: float) -> bool:
     return holder is not None and holder.renewed > renewed
 
 
+async def test_a_deferring_instance_leaves_a_free_lease_to_the_one_meant_to_lead(
+    nc: NATS,
+) -> None:
+    """``ordermesh up --replicas`` spreads the singletons: an instance not meant to lead
+    a role leaves its free lease alone, becomes an ordinary standby once the one meant
+    to lead took it, and takes over when that one goes."""
+    early, meant = Recorder(), Recorder()
+    a = Singleton(nc, "saga", early, ttl=1.0, defer=60.0)
+    b = Singleton(nc, "saga", meant, ttl=1.0)
+    await a.start()
+    try:
+        # Three more of a's tries (one per TTL/3) pass while the lease is free; had one
+        # taken it, a would hold it still (renewing).
+        tries = a.tries
+        await eventually(lambda: _tried_again(a, tries + 2), timeout=5)
+        assert (await holders(nc))["saga"] is None
+        assert not a.leading and not early.running
+        await b.start()
+        async with asyncio.timeout(5):
+            await b.wait_leading()
+        tries = a.tries
+        await eventually(lambda: _tried_again(a, tries), timeout=5)  # a saw b hold it
+        await b.stop()  # long before a's 60 s: a is a standby now, and takes over
+        async with asyncio.timeout(5):
+            await a.wait_leading()
+        assert early.running and early.starts == 1
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_deferring_instance_takes_the_lease_when_nobody_came(nc: NATS) -> None:
+    alone = Recorder()
+    a = Singleton(nc, "projections", alone, ttl=1.0, defer=1.0)
+    await a.start()
+    try:
+        assert not a.leading  # its first try, at start, left the lease alone
+        async with asyncio.timeout(5):
+            await a.wait_leading()
+        assert alone.running
+    finally:
+        await a.stop()
+
+
+async def _tried_again(singleton: Singleton, tries: int) -> bool:
+    return singleton.tries > tries
+
+
 async def test_a_holder_that_cannot_renew_steps_down_before_its_lease_expires(
     nats_server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.connection import connect
 from infra.eventstore.sqlite import SQLiteEventStore
 from infra.nats_server import free_port
-from ordermesh.cli.serve import metrics_ports
+from ordermesh.cli.serve import lead_layout, metrics_ports
 from tests.conftest import eventually, request
 from tests.integration.test_cli import run_cli
 from tests.integration.test_processes import env_for, http_status, ordermesh
@@ -231,15 +231,17 @@ async def test_replicas_share_commands_and_partner_requests(tmp_path: Path) -> N
         assert core[0].pid == running.proc.pid
         assert len(core) == 2 and len(partners) == 2, text
         assert len(running.only("api (monitor)")) == 1, text
-        assert core[0].leases == "leads relay, projections, saga", text
-        assert core[1].leases == "stands by for relay, projections, saga", text
+        # The singletons are spread: the saga, the costliest, on a process of its own.
+        assert core[0].leases == "leads relay, projections; stands by for saga", text
+        assert core[1].leases == "leads saga; stands by for relay, projections", text
         assert len({row.pid for row in running.rows}) == 5
         assert len({row.metrics for row in running.rows}) == 5
         # What the banner says is what the processes say.
-        leader, standby = [await asyncio.to_thread(scrape, row.metrics) for row in core]
-        for role in ("relay", "projections", "saga"):
-            assert leader[f"ordermesh_leader{{role={role}}}"] == 1
-            assert standby[f"ordermesh_leader{{role={role}}}"] == 0
+        first, second = [await asyncio.to_thread(scrape, row.metrics) for row in core]
+        for role, leads in (("relay", first), ("projections", first), ("saga", second)):
+            for metrics in (first, second):
+                expected = 1 if metrics is leads else 0
+                assert metrics[f"ordermesh_leader{{role={role}}}"] == expected, role
         for row in running.rows:
             ready = row.metrics.removesuffix("metrics") + "readyz"
             assert await asyncio.to_thread(http_status, ready) == 200, row
@@ -269,8 +271,11 @@ async def test_replicas_share_commands_and_partner_requests(tmp_path: Path) -> N
 
 @pytest.mark.timeout(150)
 async def test_nothing_is_lost_when_a_replica_dies(tmp_path: Path) -> None:
+    """The replica killed leads the saga: the ``up`` process, its standby, takes over
+    mid-load, and the sagas it left half-way end all the same."""
     async with up(tmp_path, replicas=2) as running:
-        replica = running.only(CORE)[1]
+        first, replica = running.only(CORE)
+        assert replica.leases.startswith("leads saga"), running.banner
         nc = await connect(running.nats_url)
         try:
             await create_stock(nc, 1000)
@@ -291,6 +296,12 @@ async def test_nothing_is_lost_when_a_replica_dies(tmp_path: Path) -> None:
             assert max(sends.values()) > 1
             # Every acknowledged order ends, confirmed or cancelled.
             await ended(nc, orders, timeout=60)
+
+            async def saga_taken_over() -> bool:
+                metrics = await asyncio.to_thread(scrape, first.metrics)
+                return metrics.get("ordermesh_leader{role=saga}") == 1
+
+            await eventually(saga_taken_over, timeout=10)
 
             # The others keep serving new commands, to the end of their sagas.
             after = [f"after-{i}" for i in range(20)]
@@ -338,6 +349,13 @@ async def test_up_refuses_a_bad_replica_count(
     assert code == 2, (out, err)
     assert "--replicas" in err and message in err, err
     assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+def test_lead_layout_spreads_the_singletons() -> None:
+    assert lead_layout(1) == {1: ("relay", "saga", "projections")}
+    assert lead_layout(2) == {1: ("relay", "projections"), 2: ("saga",)}
+    assert lead_layout(3) == {1: ("relay",), 2: ("saga",), 3: ("projections",)}
+    assert lead_layout(4)[4] == ()  # the fourth stands by for all three
 
 
 def test_metrics_ports_layout() -> None:
