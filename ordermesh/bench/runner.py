@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from nats.aio.client import Client as NATS
 from rich.console import Console
 from rich.table import Table
 
@@ -21,7 +24,7 @@ from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer, nats_server_binary
 from ordermesh import __version__, runtime
 from ordermesh.app import SERVICES, App
-from ordermesh.bench import faststream_echo, raw, system
+from ordermesh.bench import faststream_echo, processes, raw, system
 from ordermesh.bench.measure import Result
 from ordermesh.child import PartnersProcess
 from ordermesh.config import Settings
@@ -47,6 +50,8 @@ class Plan:
     #: Alternated pairs of raw JetStream publishing and the relay (each relay round fills
     #: a store of ``relay_events`` first).
     relay_rounds: int
+    #: Alternated pairs of one and two command processes.
+    split_rounds: int
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
@@ -60,6 +65,7 @@ class Plan:
                 rounds=1,
                 pair_duration=1.0,
                 relay_rounds=1,
+                split_rounds=1,
             )
         return cls(
             duration=5.0,
@@ -70,6 +76,7 @@ class Plan:
             rounds=9,
             pair_duration=2.0,
             relay_rounds=5,
+            split_rounds=5,
         )
 
 
@@ -205,6 +212,7 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
                 )
             finally:
                 await client.close()
+            await split_over_processes(plan, root, server, done)
             # A server of its own: EVENTS belongs to one store, and the saga would act on
             # every order.placed the earlier cases left there.
             saga_server = EmbeddedNatsServer(root / "nats-saga")
@@ -241,6 +249,63 @@ async def run_all(plan: Plan, progress: Console) -> list[Result]:
         if r.baseline is not None and r.baseline in by_name and by_name[r.baseline].value:
             r.ratio = r.value / by_name[r.baseline].value
     return results
+
+
+async def split_over_processes(
+    plan: Plan, root: Path, server: EmbeddedNatsServer, done: Callable[[Result], None]
+) -> None:
+    """The services as processes of their own (`ordermesh run`, `ordermesh up --replicas`):
+    a second command process over one, the saga end to end with every service apart, and
+    command → read model across three processes. The last two get servers of their own,
+    since a relay and projector act on everything EVENTS holds."""
+    client = await connect(server.url)
+    try:
+        for c in (64, 256):
+            two = await processes.command_scaling(
+                server,
+                client,
+                root / f"scale-c{c}",
+                products=PRODUCTS,
+                concurrency=c,
+                duration=plan.pair_duration,
+                rounds=plan.split_rounds,
+            )
+            done(processes.x1_of(two))
+            done(two)
+    finally:
+        await client.close()
+    async with _own_server(root / "nats-split-saga") as (own, client):
+        done(
+            await processes.saga_split(
+                own, client, root / "split-saga", orders=plan.saga_orders, products=PRODUCTS
+            )
+        )
+    async with _own_server(root / "nats-split-read-model") as (own, client):
+        done(
+            await processes.read_model_split(
+                own,
+                client,
+                root / "split-read-model",
+                rate=500,
+                duration=plan.duration,
+                products=PRODUCTS,
+            )
+        )
+
+
+@contextlib.asynccontextmanager
+async def _own_server(store: Path) -> AsyncIterator[tuple[EmbeddedNatsServer, NATS]]:
+    """A nats-server of its own (an empty EVENTS) and a client of it."""
+    server = EmbeddedNatsServer(store)
+    await server.start()
+    try:
+        client = await connect(server.url)
+        try:
+            yield server, client
+        finally:
+            await client.close()
+    finally:
+        await server.stop()
 
 
 PENDING: dict[str, str] = {}

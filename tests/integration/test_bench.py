@@ -34,6 +34,13 @@ EXPECTED = {
     "read_model.latency_at_200": None,
     "read_model.max_rate_p99_under_100ms": None,
     "relay.store_to_jetstream": "raw.jetstream_publish.w256",
+    "read_model.latency_at_500": None,
+    "processes.command.order.place.c64.x1": None,
+    "processes.command.order.place.c64.x2": "processes.command.order.place.c64.x1",
+    "processes.command.order.place.c256.x1": None,
+    "processes.command.order.place.c256.x2": "processes.command.order.place.c256.x1",
+    "processes.saga.confirmed_per_second.c64": "saga.confirmed_per_second.c64",
+    "processes.read_model.latency_at_500": "read_model.latency_at_500",
     "memory.up_peak_rss_after_1000_orders": None,
 }
 #: Cases whose ratio comes from raw rounds measured right before each of their own.
@@ -44,6 +51,8 @@ PAIRED = {
     "monitor.on.product.restock.c64",
     "faststream.echo.c64",
     "relay.store_to_jetstream",
+    "processes.command.order.place.c64.x2",
+    "processes.command.order.place.c256.x2",
 }
 
 
@@ -76,7 +85,7 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
             pairs = sorted(case["pair_ratios"])
             assert case["ratio"] == pytest.approx(pairs[len(pairs) // 2], rel=1e-2, abs=1e-3)
             assert len(pairs) == len(case["rounds"])
-            if name.startswith(("command.", "relay.", "faststream.")):
+            if name.startswith(("command.", "relay.", "faststream.", "processes.")):
                 assert len(case["raw_rounds"]) == len(pairs)
         elif baseline is not None:
             expected_ratio = case["value"] / cases[baseline]["value"]
@@ -94,8 +103,32 @@ async def test_quick_bench_reports_every_case_with_ratios(tmp_path: Path) -> Non
     saga = cases["saga.confirmed_per_second.c64"]
     assert saga["finished"] == saga["placed"] > 0
     assert "command.product.restock.c64" in stdout.decode()
+    assert_split_over_processes(cases)
     assert_faststream_ratios(cases["faststream.echo.c64"])
     assert "faststream/restock" in stdout.decode()
+
+
+def assert_split_over_processes(cases: dict[str, Any]) -> None:
+    """The split cases ran the processes they say: the second command process served
+    (its CPU moved while the load ran, and only in its rounds), every placed order ended
+    with every service in a process of its own, and the three-process read side applied
+    every command."""
+    for c in (64, 256):
+        two = cases[f"processes.command.order.place.c{c}.x2"]
+        one = cases[f"processes.command.order.place.c{c}.x1"]
+        assert one["value"] == median(two["raw_rounds"])
+        busy = two["cores_busy"]
+        assert set(busy["x1"]) == {"load", "nats-server", "command-1"}
+        assert set(busy["x2"]) == {"load", "nats-server", "command-1", "command-2"}
+        assert busy["x2"]["command-2"] > 0 and busy["x2"]["command-1"] > 0
+    saga = cases["processes.saga.confirmed_per_second.c64"]
+    assert saga["ended"] == saga["placed"] > 0
+    per_order = saga["cpu_ms_per_order"]
+    assert set(per_order) >= {"command", "relay", "projections", "saga", "partners"}
+    assert all(per_order[s] > 0 for s in ("command", "relay", "projections", "saga"))
+    read_side = cases["processes.read_model.latency_at_500"]
+    assert read_side["applied"] == read_side["sent"] > 0
+    assert read_side["p50_ms"] <= read_side["p99_ms"]
 
 
 def median(values: list[float]) -> float:
