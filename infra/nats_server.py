@@ -37,6 +37,18 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+def stopped_with_parent() -> list[str]:
+    """The command that runs a server so that it stops (SIGTERM) when the process that
+    started it dies, however it dies: util-linux's ``setpriv --pdeathsig``, which asks
+    the kernel for that signal and then execs the server in its place. Without it (not
+    Linux), a SIGKILLed ``ordermesh up`` left its nats-server running, holding the port
+    and the store the next ``ordermesh up`` wanted. The kernel sends the signal when the
+    *thread* that started the server ends: every caller starts it from the thread that
+    runs its event loop to the end."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +96,7 @@ class ConfiguredNatsServer:
     async def start(self, ready_timeout: float = READY_TIMEOUT) -> None:
         with self.log.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
+                *stopped_with_parent(),
                 str(nats_server_binary()),
                 "-c",
                 str(self.config),

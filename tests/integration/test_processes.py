@@ -123,6 +123,70 @@ async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> N
     assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
 
 
+def gone(pid: int) -> bool:
+    """No process ``pid`` any more (reaped, not merely exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """``{pid: command name}`` of the processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if int(rest.split()[1]) == pid:
+            found[int(stat.parent.name)] = name
+    return found
+
+
+async def _banner(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while not any("stop: Ctrl-C" in line for line in lines):
+            line = await proc.stdout.readline()
+            assert line, "ordermesh up exited before printing its banner"
+            lines.append(line.decode())
+    return "".join(lines)
+
+
+async def test_a_killed_up_takes_its_nats_server_and_children_along(tmp_path: Path) -> None:
+    """SIGKILL leaves ``ordermesh up`` no time to stop anything: its nats-server (asked by
+    the kernel to stop when its parent dies) and its children (their stdin closes) go by
+    themselves, so that the next ``ordermesh up`` gets the same port and store."""
+    port = free_port()
+    env = env_for(
+        tmp_path / "data",
+        ORDERMESH_NATS_PORT=str(port),
+        ORDERMESH_NATS_MONITOR_PORT=str(free_port()),
+    )
+    async with ordermesh("up", env=env) as proc:
+        await _banner(proc)
+        children = children_of(proc.pid)
+        assert "nats-server" in children.values(), children
+        assert len(children) >= 3, children  # nats-server, the monitor, the partners
+        proc.kill()
+        await proc.wait()
+
+    async def all_gone() -> bool:
+        return all(gone(pid) for pid in children)
+
+    await eventually(all_gone, timeout=15)
+    async with ordermesh("up", env=env) as again:
+        text = await _banner(again)
+        assert f"nats://127.0.0.1:{port}" in text
+        again.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            assert await again.wait() == 0
+
+
 async def _stored(data_dir: Path) -> list[RecordedEvent]:
     store = await SQLiteEventStore.open(data_dir / "events.db")
     try:

@@ -27,7 +27,7 @@ from infra.nats_server import free_port
 from ordermesh.cli.serve import lead_layout, metrics_ports
 from tests.conftest import eventually, request
 from tests.integration.test_cli import run_cli
-from tests.integration.test_processes import env_for, http_status, ordermesh
+from tests.integration.test_processes import env_for, gone, http_status, ordermesh
 
 #: ``order.place`` commands a process handled, as :func:`scrape` names the series.
 PLACED = "ordermesh_command_dispatched_total{command_type=order.place}"
@@ -134,14 +134,6 @@ def scrape(url: str) -> dict[str, float]:
                     key += f"{{{label}={sample.labels[label]}}}"
             totals[key] += sample.value
     return dict(totals)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def create_stock(nc: NATS, stock: int) -> None:
