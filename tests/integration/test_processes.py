@@ -81,6 +81,18 @@ async def ready(nc: NATS, subject: str, body: Any) -> bool:
     return True
 
 
+async def read_banner(proc: asyncio.subprocess.Process, timeout: float = 30) -> str:
+    """What ``ordermesh up`` prints once ready, up to its last line."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(timeout):
+        while not any("stop: Ctrl-C" in line for line in lines):
+            line = await proc.stdout.readline()
+            assert line, "ordermesh up exited before printing its banner"
+            lines.append(line.decode())
+    return "".join(lines)
+
+
 async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> None:
     """The banner comes once the services answer: /readyz says so, and a first request
     on a new connection is served without a retry."""
@@ -92,14 +104,7 @@ async def test_up_prints_where_things_are_and_stops_cleanly(tmp_path: Path) -> N
         ORDERMESH_METRICS_PORT=str(metrics),
     )
     async with ordermesh("up", env=env) as proc:
-        assert proc.stdout is not None
-        banner: list[str] = []
-        async with asyncio.timeout(30):
-            while not any("stop: Ctrl-C" in line for line in banner):
-                line = await proc.stdout.readline()
-                assert line, "ordermesh up exited before printing its banner"
-                banner.append(line.decode())
-        text = "".join(banner)
+        text = await read_banner(proc)
         assert f"nats://127.0.0.1:{port}" in text
         assert f"http://127.0.0.1:{monitor}" in text
         assert "events.db" in text and "readmodels.db" in text
@@ -146,17 +151,6 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
-async def _banner(proc: asyncio.subprocess.Process) -> str:
-    assert proc.stdout is not None
-    lines: list[str] = []
-    async with asyncio.timeout(30):
-        while not any("stop: Ctrl-C" in line for line in lines):
-            line = await proc.stdout.readline()
-            assert line, "ordermesh up exited before printing its banner"
-            lines.append(line.decode())
-    return "".join(lines)
-
-
 async def test_a_killed_up_takes_its_nats_server_and_children_along(tmp_path: Path) -> None:
     """SIGKILL leaves ``ordermesh up`` no time to stop anything: its nats-server (asked by
     the kernel to stop when its parent dies) and its children (their stdin closes) go by
@@ -168,7 +162,7 @@ async def test_a_killed_up_takes_its_nats_server_and_children_along(tmp_path: Pa
         ORDERMESH_NATS_MONITOR_PORT=str(free_port()),
     )
     async with ordermesh("up", env=env) as proc:
-        await _banner(proc)
+        await read_banner(proc)
         children = children_of(proc.pid)
         assert "nats-server" in children.values(), children
         assert len(children) >= 3, children  # nats-server, the monitor, the partners
@@ -180,7 +174,7 @@ async def test_a_killed_up_takes_its_nats_server_and_children_along(tmp_path: Pa
 
     await eventually(all_gone, timeout=15)
     async with ordermesh("up", env=env) as again:
-        text = await _banner(again)
+        text = await read_banner(again)
         assert f"nats://127.0.0.1:{port}" in text
         again.send_signal(signal.SIGINT)
         async with asyncio.timeout(20):

@@ -27,7 +27,13 @@ from infra.nats_server import free_port
 from ordermesh.cli.serve import lead_layout, metrics_ports
 from tests.conftest import eventually, request
 from tests.integration.test_cli import run_cli
-from tests.integration.test_processes import env_for, gone, http_status, ordermesh
+from tests.integration.test_processes import (
+    env_for,
+    gone,
+    http_status,
+    ordermesh,
+    read_banner,
+)
 
 #: ``order.place`` commands a process handled, as :func:`scrape` names the series.
 PLACED = "ordermesh_command_dispatched_total{command_type=order.place}"
@@ -93,22 +99,17 @@ async def up(tmp_path: Path, replicas: int) -> AsyncIterator[Running]:
         # would stall them all.
         drain = asyncio.create_task(proc.stderr.read())
         try:
-            lines: list[str] = []
-            async with asyncio.timeout(45):
-                while not any("stop: Ctrl-C" in line for line in lines):
-                    line = await proc.stdout.readline()
-                    assert line, "ordermesh up exited before printing its banner"
-                    lines.append(line.decode())
+            banner = await read_banner(proc, timeout=45)
             rows = [
                 Row(int(m[1]), m[2], m[3], m[4] or "")
-                for m in (ROW.match(line.rstrip("\n")) for line in lines)
+                for m in (ROW.match(line) for line in banner.splitlines())
                 if m
             ]
-            yield Running(proc, "".join(lines), rows, f"nats://127.0.0.1:{port}", data)
+            yield Running(proc, banner, rows, f"nats://127.0.0.1:{port}", data)
         finally:
             if proc.returncode is None:
-                # A failed test stops it as Ctrl-C would: SIGKILL would leave its
-                # embedded nats-server running.
+                # A failed test stops it as Ctrl-C would, so that its children's logs
+                # end as they do in use.
                 proc.send_signal(signal.SIGINT)
                 try:
                     async with asyncio.timeout(30):
