@@ -394,7 +394,7 @@ async def test_events_leader_killed_and_restarted_under_load(tmp_path: Path) -> 
     consumers and maybe the lease bucket elect new leaders while orders flow."""
     await run(
         tmp_path,
-        orders=150,
+        orders=300,
         rate=40.0,
         concurrency=30,
         kill_services_node=False,
