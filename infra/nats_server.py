@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import socket
 import sysconfig
 import time
 from pathlib import Path
 
+from infra.processes import terminate
+
 READY_TIMEOUT = 10.0
+#: Seconds a server gets to stop after SIGTERM (it flushes JetStream) before SIGKILL.
+STOP_TIMEOUT = 10.0
 
 
 class NatsServerError(RuntimeError):
@@ -131,15 +134,8 @@ class ConfiguredNatsServer:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if proc is not None:
+            await terminate(proc, STOP_TIMEOUT)
 
 
 class EmbeddedNatsServer(ConfiguredNatsServer):

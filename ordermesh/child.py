@@ -13,7 +13,6 @@ which the kernel closes however the parent ends (``ORDERMESH_STOP_WITH_STDIN``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import urllib.error
@@ -21,6 +20,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 
 from infra.nats_server import free_port
+from infra.processes import terminate
 from ordermesh.config import Settings
 
 STARTUP_TIMEOUT = 30.0
@@ -78,15 +78,8 @@ class ChildService:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if proc is not None:
+            await terminate(proc, STOP_TIMEOUT)
 
 
 class ServicesProcess(ChildService):

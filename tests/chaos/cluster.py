@@ -31,6 +31,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from broker.connection import connect
 from infra.nats_server import EmbeddedNatsServer, free_port
+from infra.processes import terminate
 from tests.chaos.proxy import TcpProxy
 from tests.conftest import eventually
 from tests.integration.test_processes import ORDERMESH, env_for
@@ -115,18 +116,7 @@ class ServiceProcess:
 
     async def terminate(self) -> int | None:
         """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; the exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        return proc.returncode
+        return None if self.proc is None else await terminate(self.proc, STOP_TIMEOUT)
 
     def check_alive(self) -> None:
         """Record an exit nobody asked for (a crash of the service itself)."""

@@ -31,6 +31,7 @@ from tests.chaos.load import (
     CONFIRMED,
     ClientPolicy,
     LoadResult,
+    SentCount,
     make_plan,
     place_orders,
     seed_products,
@@ -209,22 +210,13 @@ async def run_scenario(
         plan = make_plan(orders + after, seed=seed)
         await seed_products(cluster.client, plan, policy)
 
-        sent = 0
-        moved = asyncio.Event()
-
-        def on_sent(n: int) -> None:
-            nonlocal sent
-            sent = n
-            moved.set()
-
+        sent = SentCount()
         start = time.monotonic()
 
         async def inject_all() -> None:
             for fault in faults:
                 threshold = min(orders, max(1, math.ceil(fault.at * orders)))
-                while sent < threshold:
-                    moved.clear()
-                    await moved.wait()
+                await sent.reach(threshold)
                 t0 = time.monotonic()
                 record = FaultRecord(fault.name, t0 - start, 0.0)
                 try:
@@ -245,7 +237,7 @@ async def run_scenario(
                 policy=policy,
                 concurrency=concurrency,
                 rate=rate,
-                on_sent=on_sent,
+                on_sent=sent,
             )
             async with asyncio.timeout(policy.deadline + 120):
                 await injector

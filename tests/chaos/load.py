@@ -135,6 +135,24 @@ def headers(ce_id: str, message_type: str) -> dict[str, str]:
     return encode_context(ctx)
 
 
+class SentCount:
+    """How many orders the load has sent (its ``on_sent``), and a wait until a given
+    number has gone: faults are timed by the share of the load sent, not by the clock."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._moved = asyncio.Event()
+
+    def __call__(self, sent: int) -> None:
+        self.sent = sent
+        self._moved.set()
+
+    async def reach(self, count: int) -> None:
+        while self.sent < count:
+            self._moved.clear()
+            await self._moved.wait()
+
+
 @dataclass
 class Acknowledgement:
     """One request's fate: how it was answered, after how many attempts."""

@@ -44,7 +44,14 @@ from ordermesh.app import App
 from ordermesh.child import PartnersProcess
 from ordermesh.config import Settings
 from tests.chaos import checks
-from tests.chaos.load import ClientPolicy, LoadResult, make_plan, place_orders, seed_products
+from tests.chaos.load import (
+    ClientPolicy,
+    LoadResult,
+    SentCount,
+    make_plan,
+    place_orders,
+    seed_products,
+)
 from tests.conftest import WITHOUT_PARTNERS, eventually
 
 CLUSTER_DIR = Path(__file__).resolve().parents[2] / "infra" / "nats" / "cluster"
@@ -276,18 +283,7 @@ async def run(
 
             plan = make_plan(orders, seed=17)
             await seed_products(client, plan, policy)
-            sent = 0
-            moved = asyncio.Event()
-
-            def on_sent(n: int) -> None:
-                nonlocal sent
-                sent = n
-                moved.set()
-
-            async def reach(count: int) -> None:
-                while sent < count:
-                    moved.clear()
-                    await moved.wait()
+            sent = SentCount()
 
             # The node to kill (the services' own or another) and whether it also leads
             # EVENTS are up to the test, not chance, and arranged before the load (a
@@ -303,7 +299,7 @@ async def run(
             await arrange_events_leader(client, victim.name, kill_events_leader)
 
             async def fault() -> None:
-                await reach(math.ceil(orders / 3))
+                await sent.reach(math.ceil(orders / 3))
                 assert victim.server is not None
                 assert app.nc is not None and app.nc.connected_url is not None
                 assert (app.nc.connected_url.port == victim.client_port) == kill_services_node
@@ -314,7 +310,7 @@ async def run(
                 failover.killed_at = time.monotonic()
                 await victim.server.kill()
                 failover.seconds = await recovered(app, client, victim)
-                await reach(math.ceil(2 * orders / 3))
+                await sent.reach(math.ceil(2 * orders / 3))
                 failover.restarted_at = time.monotonic()
                 await victim.server.start(CLUSTER_READY)
                 await eventually(lambda: meta_leader(nodes), timeout=CLUSTER_READY)
@@ -328,7 +324,7 @@ async def run(
                     policy=policy,
                     concurrency=concurrency,
                     rate=rate,
-                    on_sent=on_sent,
+                    on_sent=sent,
                 )
                 async with asyncio.timeout(FAILOVER_LIMIT + CLUSTER_READY + 10):
                     await injector
